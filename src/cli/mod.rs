@@ -1,0 +1,204 @@
+//! Command-line interface: argument parsing and the small commands. `main.rs` only calls [`main`].
+
+mod import;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::store::{PgStore, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nekhebet-store",
+    version,
+    about = "Kafka ingestion worker and append-only store for signed Nekhebet v4 envelopes"
+)]
+pub struct Cli {
+    /// A TOML configuration file (layered over config/default.toml; NEKHEBET_* variables override it).
+    #[arg(long, global = true, env = "NEKHEBET_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the embedded PostgreSQL migrations (idempotent).
+    Migrate,
+    /// Import JSONL envelopes (one a line) through the same batch path as the worker.
+    Import(import::ImportArgs),
+    /// Print the stored envelope bytes of an event (exit 1 if absent).
+    Get {
+        /// Event id (UUID).
+        #[arg(required_unless_present = "hash")]
+        id: Option<Uuid>,
+        /// Look up by content hash (the payload hash) instead.
+        #[arg(long, conflicts_with = "id")]
+        hash: Option<String>,
+    },
+    /// Delete replay-guard entries older than a duration (e.g. 30d, 12h) or an RFC 3339 instant.
+    ///
+    /// Trade-off: once an entry is deleted, the same (key_id, nonce) is accepted again. Envelopes
+    /// that carry `expires_at` are still refused by verification once expired, but envelopes
+    /// WITHOUT `expires_at` can be replayed after the cleanup: keep the window longer than any
+    /// plausible replay.
+    #[command(name = "replay-guard-cleanup")]
+    ReplayGuardCleanup {
+        #[arg(long)]
+        older_than: String,
+    },
+    /// Print the effective configuration as TOML, secrets masked.
+    Config,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nekhebet-store: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nekhebet-store: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nekhebet-store: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate => {
+            let pg = PgStore::connect(&config.postgres)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let applied = pg.migrate().await.context("applying migrations")?;
+            if applied.is_empty() {
+                println!("schema is up to date");
+            }
+            for (v, name) in applied {
+                println!("applied migration {v:04} {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import(args) => import::run(args, &config).await,
+        Command::Get { id, hash } => {
+            let store = Store::open(&config).await.context("opening the store")?;
+            let blob = match (id, hash) {
+                (Some(id), _) => store.get(id).await?,
+                (None, Some(h)) => store.get_by_hash(&h).await?,
+                (None, None) => anyhow::bail!("give an id or --hash"),
+            };
+            match blob {
+                Some(b) => {
+                    std::io::stdout().write_all(&b)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("not found");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::ReplayGuardCleanup { older_than } => {
+            let cutoff = parse_cutoff(&older_than, chrono::Utc::now())?;
+            let store = Store::open(&config).await.context("opening the store")?;
+            if let Some(pg) = store.postgres() {
+                println!(
+                    "postgres: deleted {} replay-guard rows issued before {cutoff}",
+                    pg.cleanup_replay_guard(cutoff).await?
+                );
+            }
+            if let Some(lmdb) = store.lmdb() {
+                let iso = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                println!(
+                    "lmdb: deleted {} replay-guard entries issued before {iso}",
+                    lmdb.cleanup_replay_guard(iso.clone()).await?
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config => {
+            let mut shown = config.clone();
+            shown.postgres.url = crate::config::redact_url(&shown.postgres.url);
+            for (k, v) in shown.kafka.properties.iter_mut() {
+                if k.contains("password") || k.contains("secret") || k.contains("sasl.jaas") {
+                    *v = "***".into();
+                }
+            }
+            println!("{}", toml_dump(&shown)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn toml_dump(config: &Config) -> anyhow::Result<String> {
+    Ok(toml::to_string_pretty(config)?)
+}
+
+/// `30d`, `12h`, `90m`, `45s` before `now`, or an RFC 3339 instant.
+pub fn parse_cutoff(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("--older-than {s:?}: expected a duration like 30d, 12h, 90m, 45s or an RFC 3339 instant"))?;
+    let d = match unit {
+        "d" => chrono::Duration::days(n),
+        "h" => chrono::Duration::hours(n),
+        "m" => chrono::Duration::minutes(n),
+        "s" => chrono::Duration::seconds(n),
+        _ => anyhow::bail!("--older-than {s:?}: expected a duration like 30d, 12h, 90m, 45s or an RFC 3339 instant"),
+    };
+    Ok(now - d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutoffs() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-31T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_cutoff("1d", now).unwrap().to_rfc3339(),
+            "2026-01-30T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_cutoff("2026-01-01T00:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-01-01T00:00:00+00:00"
+        );
+        assert!(parse_cutoff("soon", now).is_err());
+        assert!(parse_cutoff("5y", now).is_err());
+    }
+}

@@ -1,0 +1,546 @@
+//! Configuration: built-in defaults ← `config/default.toml` ← `--config FILE` ← `NEKHEBET_*`
+//! environment variables (`__` separates nesting levels: `NEKHEBET_POSTGRES__URL` → `postgres.url`).
+//!
+//! Every value is checked at start-up; an error names the key, the value and the expected form, so an
+//! operator never has to guess which line of which file is wrong.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Where envelopes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreMode {
+    /// PostgreSQL (authoritative metadata, replay guard) then LMDB (blobs). The default.
+    Hybrid,
+    /// PostgreSQL only (the envelope column holds the blob).
+    Postgres,
+    /// LMDB only, with its own replay guard and indexes.
+    Lmdb,
+}
+
+impl fmt::Display for StoreMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreMode::Hybrid => "hybrid",
+            StoreMode::Postgres => "postgres",
+            StoreMode::Lmdb => "lmdb",
+        })
+    }
+}
+
+/// How envelopes are laid out in LMDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LmdbLayout {
+    /// nekhebet-store 4.0's layout: `events` keyed by content hash (Python readers work).
+    Compatible,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub postgres: PostgresConfig,
+    pub lmdb: LmdbConfig,
+    pub limits: LimitsConfig,
+    pub kafka: KafkaConfig,
+    pub batch: BatchConfig,
+    pub verify: VerifySettings,
+    pub telemetry: TelemetryConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub mode: StoreMode,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style URL or key=value string. May hold a password: never log it (see `Debug`).
+    pub url: String,
+    pub pool_size: usize,
+    /// How long a batch waits for a pooled connection before the attempt counts as a transient failure.
+    pub pool_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout_ms", &self.pool_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmdbConfig {
+    pub path: PathBuf,
+    /// Initial map size in bytes; grown (doubled) whenever a write finds the map full.
+    pub map_size: u64,
+    /// Upper bound for growth, in bytes: past it, "map full" is reported as a failure.
+    pub max_map_size: u64,
+    pub layout: LmdbLayout,
+    /// fsync on every commit (durable). Turning it off trades durability for speed.
+    pub sync: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Dead-letter topic; empty means "`<source topic>.dlq`".
+    pub dlq_topic: String,
+    pub session_timeout_ms: u64,
+    /// How long a revoke may wait for the in-flight batches of the revoked partitions; must be shorter
+    /// than the session timeout or the group would evict us while we drain.
+    pub drain_timeout_ms: u64,
+    /// Passed to librdkafka unchanged (security.protocol, sasl.*, ssl.*, fetch tuning…).
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub linger_ms: u64,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySettings {
+    pub enabled: bool,
+    pub clock_skew_s: i64,
+    pub event_types: Vec<String>,
+    /// key_id → base64 Ed25519 public keys. Empty (and no `keys_file`) means no key registry.
+    pub keys: BTreeMap<String, Vec<String>>,
+    /// A TOML file with a `[keys]` table of the same shape, merged into `keys`.
+    pub keys_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Address of the /metrics, /healthz and /readyz endpoints; empty disables them.
+    pub listen: String,
+    pub log_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub timeout_ms: u64,
+}
+
+const SECTIONS: &[&str] = &[
+    "store",
+    "postgres",
+    "lmdb",
+    "limits",
+    "kafka",
+    "batch",
+    "verify",
+    "telemetry",
+    "log",
+    "shutdown",
+];
+
+/// The nekhebet-core 4.0 registered event types.
+pub const CORE_EVENT_TYPES: &[&str] = &[
+    "omen.observed",
+    "observation.recorded",
+    "anubis.weighed",
+    "charon.transported",
+    "osiris.remembered",
+    "seth.caught",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store: StoreConfig {
+                mode: StoreMode::Hybrid,
+            },
+            postgres: PostgresConfig {
+                url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+                pool_size: 8,
+                pool_timeout_ms: 5_000,
+                connect_timeout_ms: 5_000,
+            },
+            lmdb: LmdbConfig {
+                path: PathBuf::from("./data/lmdb"),
+                map_size: 1 << 30,
+                max_map_size: 1 << 40,
+                layout: LmdbLayout::Compatible,
+                sync: true,
+            },
+            limits: LimitsConfig {
+                max_message_bytes: 2 * 1024 * 1024,
+            },
+            kafka: KafkaConfig {
+                brokers: "127.0.0.1:9092".into(),
+                group_id: "nekhebet-store".into(),
+                topics: vec!["nekhebet.events".into()],
+                dlq_topic: String::new(),
+                session_timeout_ms: 45_000,
+                drain_timeout_ms: 30_000,
+                properties: BTreeMap::new(),
+            },
+            batch: BatchConfig {
+                max_records: 1_000,
+                max_bytes: 8 * 1024 * 1024,
+                linger_ms: 50,
+                max_in_flight: 2,
+            },
+            verify: VerifySettings {
+                enabled: true,
+                clock_skew_s: 300,
+                event_types: CORE_EVENT_TYPES.iter().map(|s| s.to_string()).collect(),
+                keys: BTreeMap::new(),
+                keys_file: None,
+            },
+            telemetry: TelemetryConfig {
+                listen: "127.0.0.1:9187".into(),
+                log_interval_s: 10,
+            },
+            log: LogConfig {
+                format: LogFormat::Text,
+                level: "info".into(),
+            },
+            shutdown: ShutdownConfig { timeout_ms: 30_000 },
+        }
+    }
+}
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: `{key}` = {value}: expected {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads defaults ← `config/default.toml` (if present in the working directory) ← `file` ←
+    /// `NEKHEBET_*` environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let default_file = Path::new("config/default.toml");
+        if default_file.exists() {
+            fig = fig.merge(Toml::file(default_file));
+        }
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        // Only our sections: other NEKHEBET_* variables (e.g. the service scripts' ports) are not config.
+        let env = Env::prefixed("NEKHEBET_").split("__").filter(|key| {
+            let section = key.as_str().split('.').next().unwrap_or_default();
+            SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+        });
+        Self::from_figment(fig.merge(env))
+    }
+
+    /// Extracts and validates a configuration from any figment (tests build their own).
+    pub fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| {
+            // figment's messages already name the key ("for key `batch.max_records`");
+            // they never echo secrets because only scalar mismatches are printed.
+            ConfigError::Load(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(
+            key: &'static str,
+            value: impl fmt::Display,
+            expected: &'static str,
+        ) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                expected,
+            }
+        }
+        if self.postgres.pool_size == 0 {
+            return Err(invalid("postgres.pool_size", 0, "an integer ≥ 1"));
+        }
+        if self.postgres.url.trim().is_empty() {
+            return Err(invalid(
+                "postgres.url",
+                "\"\"",
+                "a PostgreSQL URL such as postgres://user@host:5432/db",
+            ));
+        }
+        if self.postgres.url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(invalid(
+                "postgres.url",
+                redact_url(&self.postgres.url),
+                "a PostgreSQL URL such as postgres://user@host:5432/db",
+            ));
+        }
+        if self.lmdb.map_size < 1 << 20 {
+            return Err(invalid(
+                "lmdb.map_size",
+                self.lmdb.map_size,
+                "a size in bytes ≥ 1048576 (1 MiB)",
+            ));
+        }
+        if self.lmdb.max_map_size < self.lmdb.map_size {
+            return Err(invalid(
+                "lmdb.max_map_size",
+                self.lmdb.max_map_size,
+                "a size in bytes ≥ lmdb.map_size",
+            ));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes,
+                "a size in bytes ≥ 1024",
+            ));
+        }
+        if self.batch.max_records == 0 || self.batch.max_records > 100_000 {
+            return Err(invalid(
+                "batch.max_records",
+                self.batch.max_records,
+                "an integer between 1 and 100000",
+            ));
+        }
+        if self.batch.max_bytes < self.limits.max_message_bytes {
+            return Err(invalid(
+                "batch.max_bytes",
+                self.batch.max_bytes,
+                "a size in bytes ≥ limits.max_message_bytes (one message must fit in a batch)",
+            ));
+        }
+        if self.batch.max_in_flight == 0 || self.batch.max_in_flight > 64 {
+            return Err(invalid(
+                "batch.max_in_flight",
+                self.batch.max_in_flight,
+                "an integer between 1 and 64",
+            ));
+        }
+        if self.kafka.topics.is_empty() || self.kafka.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid(
+                "kafka.topics",
+                format!("{:?}", self.kafka.topics),
+                "a non-empty list of topic names",
+            ));
+        }
+        if self.kafka.drain_timeout_ms >= self.kafka.session_timeout_ms {
+            return Err(invalid(
+                "kafka.drain_timeout_ms",
+                self.kafka.drain_timeout_ms,
+                "milliseconds strictly less than kafka.session_timeout_ms",
+            ));
+        }
+        if self.verify.clock_skew_s < 0 {
+            return Err(invalid(
+                "verify.clock_skew_s",
+                self.verify.clock_skew_s,
+                "seconds ≥ 0",
+            ));
+        }
+        if !self.telemetry.listen.is_empty()
+            && self
+                .telemetry
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(invalid(
+                "telemetry.listen",
+                &self.telemetry.listen,
+                "an address such as 127.0.0.1:9187, or \"\" to disable",
+            ));
+        }
+        if self.telemetry.log_interval_s == 0 {
+            return Err(invalid("telemetry.log_interval_s", 0, "seconds ≥ 1"));
+        }
+        Ok(())
+    }
+
+    /// The dead-letter topic for messages from `source_topic`.
+    pub fn dlq_topic_for(&self, source_topic: &str) -> String {
+        if self.kafka.dlq_topic.is_empty() {
+            format!("{source_topic}.dlq")
+        } else {
+            self.kafka.dlq_topic.clone()
+        }
+    }
+
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.postgres.pool_timeout_ms)
+    }
+}
+
+/// Replaces the password of a PostgreSQL URL (or `password=` of a key=value string) with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some(rest) = url.split_once("://") {
+        let (scheme, rest) = rest;
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Toml;
+
+    fn with_toml(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = with_toml("").unwrap();
+        assert_eq!(c.store.mode, StoreMode::Hybrid);
+        assert!(c.verify.enabled);
+        assert_eq!(c.verify.event_types.len(), 6);
+    }
+
+    #[test]
+    fn bad_type_names_the_key() {
+        let err = with_toml("[batch]\nmax_records = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch.max_records"), "{err}");
+    }
+
+    #[test]
+    fn bad_mode_names_the_key_and_choices() {
+        let err = with_toml("[store]\nmode = \"sqlite\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.mode"), "{err}");
+        assert!(err.contains("hybrid"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_value_and_form() {
+        let err = with_toml("[batch]\nmax_records = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`batch.max_records` = 0"), "{err}");
+        assert!(err.contains("between 1 and 100000"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = with_toml("[batch]\nmax_recrods = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_recrods"), "{err}");
+    }
+
+    #[test]
+    fn drain_must_be_shorter_than_session() {
+        let err = with_toml("[kafka]\nsession_timeout_ms = 10000\ndrain_timeout_ms = 10000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.drain_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn env_nesting_uses_double_underscore() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("NEKHEBET_POSTGRES__URL", "postgres://u:secret@db:5432/x");
+            jail.set_env("NEKHEBET_BATCH__MAX_RECORDS", "77");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.postgres.url, "postgres://u:secret@db:5432/x");
+            assert_eq!(c.batch.max_records, 77);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
+        assert_eq!(
+            redact_url("host=h password=secret user=u"),
+            "host=h password=*** user=u"
+        );
+        let c = PostgresConfig {
+            url: "postgres://u:secret@h/db".into(),
+            pool_size: 1,
+            pool_timeout_ms: 1,
+            connect_timeout_ms: 1,
+        };
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,241 @@
+//! The dead-letter sink: rejected messages go to a Kafka topic with the original key and value and
+//! headers that say why, and where they came from.
+//!
+//! A publish counts only once the broker acknowledged it (acks=all, idempotent producer); the
+//! ingest loop commits a message's offset only after that. A failed publish is an error the caller
+//! retries — nothing is dropped. Delivery is at-least-once: a crash after the broker's ack and
+//! before the offset commit publishes the message again on restart, so consumers of the DLQ
+//! deduplicate by the `nekhebet.source.*` headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+use crate::telemetry::names;
+
+pub const H_REASON: &str = "nekhebet.reason";
+pub const H_DETAIL: &str = "nekhebet.detail";
+pub const H_SOURCE_TOPIC: &str = "nekhebet.source.topic";
+pub const H_SOURCE_PARTITION: &str = "nekhebet.source.partition";
+pub const H_SOURCE_OFFSET: &str = "nekhebet.source.offset";
+/// Present only when the original value could not be carried (bigger than the DLQ topic
+/// accepts): the original size in bytes. The value is then empty.
+pub const H_VALUE_DROPPED: &str = "nekhebet.value.dropped_bytes";
+
+/// Details longer than this are cut (at a character boundary): a database message or a decoder
+/// error can quote input, and headers are not the place for megabytes.
+const MAX_DETAIL_BYTES: usize = 2048;
+
+/// One message for the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    /// Stable machine-readable code (`invalid_json`, `bad_signature`, `store_rejected`…).
+    pub reason: String,
+    pub detail: String,
+    pub source_topic: Arc<str>,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// A publish that did not get the broker's acknowledgement.
+#[derive(Debug, thiserror::Error)]
+#[error("dead-letter publish to {topic} failed: {error}")]
+pub struct DlqError {
+    pub topic: String,
+    pub error: KafkaError,
+}
+
+impl DlqError {
+    /// Broker down, leader moving, timeouts: retrying helps. Authorization or configuration
+    /// problems do not, but the caller still may not drop the message — it retries more slowly
+    /// and shouts.
+    pub fn is_retriable(&self) -> bool {
+        crate::kafka::is_retriable(&self.error)
+    }
+
+    pub fn cause(&self) -> &'static str {
+        if self.is_retriable() {
+            "dlq_unavailable"
+        } else {
+            "dlq_refused"
+        }
+    }
+}
+
+/// The dead-letter producer. Cheap to clone.
+#[derive(Clone)]
+pub struct DlqSink {
+    producer: FutureProducer,
+    configured_topic: String,
+}
+
+impl DlqSink {
+    pub fn new(config: &Config) -> Result<DlqSink, KafkaError> {
+        let mut cc = crate::kafka::producer_config(&config.kafka.brokers, &config.kafka.properties);
+        // A rejected message can be up to the consumer's limit (or bigger: "oversize" is a reason);
+        // librdkafka's own 1 MB default would refuse those before the broker sees them.
+        let max = (config.limits.max_message_bytes + 64 * 1024).max(1_000_000);
+        if !config.kafka.properties.contains_key("message.max.bytes") {
+            cc.set("message.max.bytes", max.to_string());
+        }
+        // Fail a delivery after 30 s rather than librdkafka's 5 min so an unavailable broker shows
+        // up as retries (metrics, logs) instead of one silent stall.
+        if !config.kafka.properties.contains_key("message.timeout.ms")
+            && !config.kafka.properties.contains_key("delivery.timeout.ms")
+        {
+            cc.set("message.timeout.ms", "30000");
+        }
+        Ok(DlqSink {
+            producer: cc.create()?,
+            configured_topic: config.kafka.dlq_topic.clone(),
+        })
+    }
+
+    /// The dead-letter topic for messages from `source_topic` (`kafka.dlq_topic`, or
+    /// `<source>.dlq` when that is empty).
+    pub fn topic_for(&self, source_topic: &str) -> String {
+        dlq_topic(&self.configured_topic, source_topic)
+    }
+
+    /// Publishes one letter and waits for the broker's acknowledgement.
+    pub async fn publish(&self, letter: &DeadLetter) -> Result<(), DlqError> {
+        let topic = self.topic_for(&letter.source_topic);
+        let result = self.send(&topic, letter, letter.value.as_deref()).await;
+        let result = match result {
+            // Bigger than the producer or the DLQ topic allows: carry everything but the value
+            // rather than block the partition forever on a message that can never be published.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if letter.value.is_some() => {
+                tracing::warn!(
+                    topic = %topic,
+                    source_topic = %letter.source_topic,
+                    partition = letter.source_partition,
+                    offset = letter.source_offset,
+                    bytes = letter.value.as_ref().map_or(0, |v| v.len()),
+                    "dead letter too large for the DLQ topic: publishing it without its value"
+                );
+                self.send(&topic, letter, None).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => {
+                metrics::counter!(names::DLQ_PUBLISHED, "topic" => topic).increment(1);
+                Ok(())
+            }
+            Err(error) => {
+                metrics::counter!(names::DLQ_FAILURES).increment(1);
+                Err(DlqError { topic, error })
+            }
+        }
+    }
+
+    /// Publishes every letter concurrently; one result per letter, in order.
+    pub async fn publish_all(&self, letters: &[&DeadLetter]) -> Vec<Result<(), DlqError>> {
+        join_all(letters.iter().map(|l| self.publish(l))).await
+    }
+
+    async fn send(&self, topic: &str, letter: &DeadLetter, value: Option<&[u8]>) -> Result<(), KafkaError> {
+        let partition = letter.source_partition.to_string();
+        let offset = letter.source_offset.to_string();
+        let detail = truncate(&letter.detail, MAX_DETAIL_BYTES);
+        let mut headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header {
+                key: H_REASON,
+                value: Some(letter.reason.as_str()),
+            })
+            .insert(Header {
+                key: H_DETAIL,
+                value: Some(detail),
+            })
+            .insert(Header {
+                key: H_SOURCE_TOPIC,
+                value: Some(&*letter.source_topic),
+            })
+            .insert(Header {
+                key: H_SOURCE_PARTITION,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: H_SOURCE_OFFSET,
+                value: Some(offset.as_str()),
+            });
+        let dropped;
+        if value.is_none() {
+            if let Some(v) = &letter.value {
+                dropped = v.len().to_string();
+                headers = headers.insert(Header {
+                    key: H_VALUE_DROPPED,
+                    value: Some(dropped.as_str()),
+                });
+            }
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = letter.key.as_deref() {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        match self.producer.send(record, Duration::from_secs(5)).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// Waits for queued publishes (used at shutdown; publishes are awaited one by one anyway).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+/// `configured`, or `<source>.dlq` when it is empty (same rule as [`Config::dlq_topic_for`]).
+pub fn dlq_topic(configured: &str, source_topic: &str) -> String {
+    if configured.is_empty() {
+        format!("{source_topic}.dlq")
+    } else {
+        configured.to_string()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        let s = "ééé"; // 2 bytes each
+        assert_eq!(truncate(s, 3), "é");
+        assert_eq!(truncate(s, 4), "éé");
+    }
+
+    #[test]
+    fn topic_rule_matches_config() {
+        let mut c = Config::default();
+        assert_eq!(dlq_topic(&c.kafka.dlq_topic, "t"), c.dlq_topic_for("t"));
+        c.kafka.dlq_topic = "dead".into();
+        assert_eq!(dlq_topic(&c.kafka.dlq_topic, "t"), c.dlq_topic_for("t"));
+        assert_eq!(dlq_topic("", "t"), "t.dlq");
+    }
+}

@@ -1,0 +1,13 @@
+//! nekhebet-store: a Kafka ingestion worker and append-only store for signed Nekhebet v4 envelopes.
+//!
+//! The pure core (`envelope`, `canonical`, `verify`, `batch`) does no IO; the edges (`store`,
+//! `ingest`, `dlq`, `telemetry`) own their errors and say which ones are retriable.
+#![deny(unsafe_code)]
+
+pub mod canonical;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod pipeline;
+pub mod store;
+pub mod telemetry;

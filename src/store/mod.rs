@@ -1,0 +1,268 @@
+//! The three repositories (PostgreSQL, LMDB, hybrid) behind one [`Store`] type.
+//!
+//! Repositories never verify signatures (nekhebet-core's contract): they trust that what they are
+//! given passed the pipeline's checks, and enforce only idempotency (content hash), replay
+//! protection (`(key_id, nonce)`) and exactly-once application of Kafka messages (stored offsets).
+
+pub mod hybrid;
+pub mod lmdb;
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::config::{Config, StoreMode};
+use crate::envelope::Envelope;
+
+pub use hybrid::HybridStore;
+pub use lmdb::{LmdbError, LmdbStore};
+pub use postgres::{ErrorClass, PgError, PgStore};
+
+/// Rejection reason for a message the database itself refused (isolated from its batch).
+pub const STORE_REJECTED: &str = "store_rejected";
+
+/// Where a message came from, when it came from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KafkaPos {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One envelope to save, with its Kafka position if it has one (`import` has none).
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub envelope: Envelope,
+    pub pos: Option<KafkaPos>,
+}
+
+/// What saving did with one envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// New `(key_id, nonce)` and new content hash: stored.
+    Stored,
+    /// New `(key_id, nonce)`, content hash already stored: replay-guard row only.
+    Duplicate,
+    /// The same Kafka message (topic, partition, offset) was already applied: nothing new.
+    Redelivered,
+    /// `(key_id, nonce)` already used by another message (nekhebet's `seth.caught`).
+    Replay,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Stored,
+        Outcome::Duplicate,
+        Outcome::Redelivered,
+        Outcome::Replay,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Redelivered => "redelivered",
+            Outcome::Replay => "replay",
+        }
+    }
+}
+
+/// Metadata of a stored event (no blob).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMetadata {
+    pub id: Uuid,
+    pub event_type: String,
+    pub issued_at: chrono::DateTime<chrono::Utc>,
+    pub source: String,
+    pub content_hash: String,
+}
+
+/// A storage failure. [`StoreError::is_retriable`] tells the ingest loop whether to back off and retry
+/// the same batch (nothing committed) or to isolate the message that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error(transparent)]
+    Lmdb(#[from] LmdbError),
+    /// A blocking LMDB task panicked or was cancelled: a bug, never a data problem.
+    #[error("LMDB worker task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    pub fn is_retriable(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// Transient (retry the batch), Message (isolate the message that causes it) or Fatal (stop
+    /// without committing).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Postgres(e) => e.class(),
+            StoreError::Lmdb(e) if e.is_retriable() => ErrorClass::Transient,
+            StoreError::Lmdb(_) => ErrorClass::Fatal,
+            StoreError::Task(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// A short stable label for metrics and logs (`retries by cause`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            StoreError::Postgres(e) => e.cause(),
+            StoreError::Lmdb(e) => e.cause(),
+            StoreError::Task(_) => "lmdb_task",
+        }
+    }
+}
+
+/// Highest applied offset per (topic, partition), as stored with the data.
+pub type AppliedOffsets = HashMap<(String, i32), i64>;
+
+/// The configured repository.
+#[derive(Clone)]
+pub enum Store {
+    Postgres(PgStore),
+    Lmdb(LmdbStore),
+    Hybrid(HybridStore),
+}
+
+impl Store {
+    /// Opens the repository `config.store.mode` names. PostgreSQL must be migrated (`migrate`).
+    pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        Ok(match config.store.mode {
+            StoreMode::Postgres => Store::Postgres(PgStore::connect(&config.postgres).await?),
+            StoreMode::Lmdb => Store::Lmdb(LmdbStore::open(&config.lmdb, true).await?),
+            StoreMode::Hybrid => Store::Hybrid(HybridStore::new(
+                PgStore::connect(&config.postgres).await?,
+                LmdbStore::open(&config.lmdb, false).await?,
+            )),
+        })
+    }
+
+    /// Saves a batch: one PostgreSQL transaction and/or one LMDB write transaction. Returns one
+    /// outcome per item, in order. Items with a Kafka position also advance the stored offsets of
+    /// their partitions in the same transaction(s).
+    pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.save_batch(items).await?),
+            Store::Lmdb(lmdb) => lmdb.save_batch(items.to_vec()).await,
+            Store::Hybrid(h) => h.save_batch(items).await,
+        }
+    }
+
+    /// Like [`Store::save_batch`], but when the database refuses the batch because of the content
+    /// of a message ([`ErrorClass::Message`]), splits it in halves until the refused messages are
+    /// isolated: those get `Err(database message)`, all others are saved. Transient and fatal
+    /// errors are returned as they are (nothing was committed for the failing part).
+    pub async fn save_batch_isolating(
+        &self,
+        items: &[Item],
+    ) -> Result<Vec<Result<Outcome, String>>, StoreError> {
+        let mut out: Vec<Result<Outcome, String>> = Vec::with_capacity(items.len());
+        // Explicit stack of ranges, processed left to right so outcomes stay in item order and
+        // "first one wins" keeps its meaning.
+        let mut stack = vec![(0, items.len())];
+        while let Some((lo, hi)) = stack.pop() {
+            if lo == hi {
+                continue;
+            }
+            match self.save_batch(&items[lo..hi]).await {
+                Ok(outcomes) => out.extend(outcomes.into_iter().map(Ok)),
+                Err(e) if e.class() == ErrorClass::Message => {
+                    if hi - lo == 1 {
+                        tracing::warn!(error = %e, id = %items[lo].envelope.header.id, "the database refused one message");
+                        out.push(Err(e.to_string()));
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        stack.push((mid, hi));
+                        stack.push((lo, mid));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applied offsets for these partitions: for the hybrid store the lower of PostgreSQL's and
+    /// LMDB's, so a crash between the two commits is replayed (and healed) on restart.
+    pub async fn applied_offsets(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<AppliedOffsets, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.applied_offsets(partitions).await?),
+            Store::Lmdb(lmdb) => lmdb.applied_offsets(partitions.to_vec()).await,
+            Store::Hybrid(h) => h.applied_offsets(partitions).await,
+        }
+    }
+
+    /// The envelope bytes of event `id`.
+    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.get(id).await?),
+            Store::Lmdb(lmdb) => lmdb.get(id).await,
+            Store::Hybrid(h) => h.get(id).await,
+        }
+    }
+
+    /// The envelope bytes stored under a content hash (the payload hash).
+    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.get_by_hash(hash).await?),
+            Store::Lmdb(lmdb) => lmdb.get_by_hash(hash.to_string()).await,
+            Store::Hybrid(h) => h.get_by_hash(hash).await,
+        }
+    }
+
+    /// Checks that the backends answer (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.ping().await?),
+            Store::Lmdb(lmdb) => lmdb.ping().await,
+            Store::Hybrid(h) => {
+                h.pg().ping().await?;
+                h.lmdb().ping().await
+            }
+        }
+    }
+
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match self {
+            Store::Postgres(pg) => Some(pg),
+            Store::Lmdb(_) => None,
+            Store::Hybrid(h) => Some(h.pg()),
+        }
+    }
+
+    pub fn lmdb(&self) -> Option<&LmdbStore> {
+        match self {
+            Store::Postgres(_) => None,
+            Store::Lmdb(l) => Some(l),
+            Store::Hybrid(h) => Some(h.lmdb()),
+        }
+    }
+}
+
+/// Classifies a batch before it reaches a backend: first occurrence of a `(key_id, nonce)` wins,
+/// later ones inside the batch are replays; among the survivors, first occurrence of a content
+/// hash wins and later ones are duplicates. `candidates[i]` is `false` for items already decided
+/// (e.g. redelivered). Returns, per item, `None` (goes to the backend) or the decided outcome.
+pub(crate) fn classify_in_batch(items: &[Item], candidates: &[bool]) -> Vec<Option<Outcome>> {
+    use std::collections::HashSet;
+    let mut seen_nonce: HashSet<(&str, &str)> = HashSet::with_capacity(items.len());
+    let mut out = vec![None; items.len()];
+    for (i, item) in items.iter().enumerate() {
+        if !candidates[i] {
+            continue;
+        }
+        let h = &item.envelope.header;
+        if !seen_nonce.insert((h.key_id.as_str(), h.nonce.as_str())) {
+            out[i] = Some(Outcome::Replay);
+        }
+    }
+    out
+}

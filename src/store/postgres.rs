@@ -1,0 +1,616 @@
+//! PostgreSQL repository: authoritative metadata, replay guard, idempotency and applied offsets.
+//!
+//! A batch is ONE transaction and one data statement: the replay-guard insert, the events insert
+//! and the offsets upsert are data-modifying CTEs over UNNEST arrays, so the cost per batch is a
+//! handful of round trips whatever its size.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use super::{classify_in_batch, AppliedOffsets, EventMetadata, Item, Outcome};
+use crate::config::PostgresConfig;
+
+/// What kind of PostgreSQL failure this is, which decides what the ingest loop does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgErrorKind {
+    /// Connection refused, reset or closed; server starting up or shutting down.
+    Connection,
+    /// No pooled connection became available in time.
+    PoolTimeout,
+    /// Serialization failure or deadlock: the transaction may simply be retried.
+    Serialization,
+    /// Out of connections, disk, memory; lock or statement timeout.
+    Resources,
+    /// The data of one message is refused (invalid text, constraint violation…): isolate it.
+    Data,
+    /// Missing table or column, permission denied: configuration or migration problem; stop.
+    Schema,
+    /// Anything else; treated as fatal rather than guessed at.
+    Other,
+}
+
+/// How the caller should react to a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Back off and retry the same batch; nothing was committed.
+    Transient,
+    /// Caused by the content of a message: split the batch to isolate it.
+    Message,
+    /// Neither retrying nor isolating helps: fail loudly without committing.
+    Fatal,
+}
+
+impl PgErrorKind {
+    pub fn class(self) -> ErrorClass {
+        match self {
+            PgErrorKind::Connection
+            | PgErrorKind::PoolTimeout
+            | PgErrorKind::Serialization
+            | PgErrorKind::Resources => ErrorClass::Transient,
+            PgErrorKind::Data => ErrorClass::Message,
+            PgErrorKind::Schema | PgErrorKind::Other => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// A PostgreSQL failure. Its message never contains the connection URL or its password.
+#[derive(Debug, thiserror::Error)]
+#[error("PostgreSQL ({kind:?}): {message}")]
+pub struct PgError {
+    pub kind: PgErrorKind,
+    pub message: String,
+}
+
+impl PgError {
+    pub fn is_retriable(&self) -> bool {
+        self.kind.class() == ErrorClass::Transient
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        self.kind.class()
+    }
+
+    pub fn cause(&self) -> &'static str {
+        match self.kind {
+            PgErrorKind::Connection => "postgres_connection",
+            PgErrorKind::PoolTimeout => "postgres_pool_timeout",
+            PgErrorKind::Serialization => "postgres_serialization",
+            PgErrorKind::Resources => "postgres_resources",
+            PgErrorKind::Data => "postgres_data",
+            PgErrorKind::Schema => "postgres_schema",
+            PgErrorKind::Other => "postgres_other",
+        }
+    }
+}
+
+fn kind_of_sqlstate(code: &str) -> PgErrorKind {
+    match code {
+        "40001" | "40P01" => PgErrorKind::Serialization,
+        "57P01" | "57P02" | "57P03" | "57P05" => PgErrorKind::Connection,
+        "55P03" | "57014" => PgErrorKind::Resources,
+        "42501" => PgErrorKind::Schema,
+        c if c.starts_with("08") => PgErrorKind::Connection,
+        c if c.starts_with("53") => PgErrorKind::Resources,
+        c if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => PgErrorKind::Data,
+        c if c.starts_with("42") || c.starts_with("3F") => PgErrorKind::Schema,
+        _ => PgErrorKind::Other,
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let mut message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(c) = db.constraint() {
+                message.push_str(&format!(", constraint {c}"));
+            }
+            return PgError {
+                kind: kind_of_sqlstate(db.code().code()),
+                message,
+            };
+        }
+        // No server error: the connection failed or closed under us (or a client-side conversion
+        // error, which our typed statements do not produce).
+        // tokio-postgres puts the useful part ("Connection refused") in the source chain.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        let kind = if e.is_closed()
+            || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+            || text.contains("timed out")
+            || text.contains("connect")
+        {
+            PgErrorKind::Connection
+        } else {
+            PgErrorKind::Other
+        };
+        PgError {
+            kind,
+            message: text,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::{HookError, PoolError, TimeoutType};
+        match e {
+            PoolError::Timeout(TimeoutType::Wait) => PgError {
+                kind: PgErrorKind::PoolTimeout,
+                message: "timed out waiting for a pooled connection".into(),
+            },
+            PoolError::Timeout(TimeoutType::Create) | PoolError::Timeout(TimeoutType::Recycle) => {
+                PgError {
+                    kind: PgErrorKind::Connection,
+                    message: "timed out connecting to PostgreSQL".into(),
+                }
+            }
+            PoolError::Backend(e) => e.into(),
+            PoolError::Closed => PgError {
+                kind: PgErrorKind::Other,
+                message: "the connection pool is closed".into(),
+            },
+            PoolError::NoRuntimeSpecified => PgError {
+                kind: PgErrorKind::Other,
+                message: "the connection pool has no runtime".into(),
+            },
+            PoolError::PostCreateHook(HookError::Backend(e)) => e.into(),
+            PoolError::PostCreateHook(HookError::Message(m)) => PgError {
+                kind: PgErrorKind::Connection,
+                message: m.into_owned(),
+            },
+        }
+    }
+}
+
+/// One step of the embedded migrations.
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "nekhebet_store_4_0",
+        sql: include_str!("../../migrations/0001_nekhebet_store_4_0.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "provenance_offsets_append_only",
+        sql: include_str!("../../migrations/0002_provenance_offsets_append_only.sql"),
+    },
+];
+
+const SAVE_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::bytea[],
+                         $7::text[], $8::int[], $9::bigint[], $10::text[], $11::text[])
+        WITH ORDINALITY AS t(id, event_type, issued_at, source, content_hash, envelope,
+                             kafka_topic, kafka_partition, kafka_offset, key_id, nonce, ord)
+),
+guard AS (
+    INSERT INTO replay_guard (key_id, nonce, issued_at)
+    SELECT key_id, nonce, issued_at FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING key_id, nonce
+),
+fresh AS (
+    -- First surviving occurrence of a content hash wins, exactly as across batches.
+    SELECT DISTINCT ON (input.content_hash) input.*
+    FROM input JOIN guard USING (key_id, nonce)
+    ORDER BY input.content_hash, input.ord
+),
+stored AS (
+    INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope,
+                        kafka_topic, kafka_partition, kafka_offset, key_id, nonce)
+    SELECT id, event_type, issued_at, source, content_hash, envelope,
+           kafka_topic, kafka_partition, kafka_offset, key_id, nonce
+    FROM fresh ORDER BY ord
+    ON CONFLICT (content_hash) DO NOTHING
+    RETURNING content_hash
+),
+progress AS (
+    INSERT INTO nekhebet_consumer_offsets AS o (topic, partition, applied_offset)
+    SELECT * FROM unnest($12::text[], $13::int[], $14::bigint[])
+    ON CONFLICT (topic, partition) DO UPDATE
+        SET applied_offset = GREATEST(o.applied_offset, EXCLUDED.applied_offset), updated_at = now()
+)
+SELECT 'g' AS k, key_id || ':' || nonce AS v FROM guard
+UNION ALL
+SELECT 's', content_hash FROM stored
+"#;
+
+/// The PostgreSQL repository (a connection pool).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Builds the pool and checks that the server answers.
+    pub async fn connect(cfg: &PostgresConfig) -> Result<PgStore, PgError> {
+        let mut pg: tokio_postgres::Config =
+            cfg.url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| PgError {
+                    kind: PgErrorKind::Other,
+                    message: format!("invalid postgres.url: {e}"),
+                })?;
+        pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        if pg.get_application_name().is_none() {
+            pg.application_name("nekhebet-store");
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .wait_timeout(Some(Duration::from_millis(cfg.pool_timeout_ms)))
+            .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+            .recycle_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgError {
+                kind: PgErrorKind::Other,
+                message: format!("building the connection pool: {e}"),
+            })?;
+        let store = PgStore { pool };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<(), PgError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Applies the embedded migrations that are not yet applied (idempotent; safe to run from
+    /// several processes at once thanks to an advisory lock). Returns the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<(i32, &'static str)>, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(7390412001)", &[])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS nekhebet_schema_migrations (
+                 version INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let done: HashSet<i32> = tx
+            .query("SELECT version FROM nekhebet_schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut applied = Vec::new();
+        for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+            tx.batch_execute(m.sql).await?;
+            tx.execute(
+                "INSERT INTO nekhebet_schema_migrations (version, name) VALUES ($1, $2)",
+                &[&m.version, &m.name],
+            )
+            .await?;
+            applied.push((m.version, m.name));
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Saves a batch in ONE transaction; see the module docs. Outcomes are in item order.
+    pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, PgError> {
+        let mut client = self.pool.get().await?;
+        let lock_stmt = client
+            .prepare_cached(
+                "SELECT topic, partition, applied_offset FROM nekhebet_consumer_offsets
+                 WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+                 FOR UPDATE",
+            )
+            .await?;
+        let save_stmt = client.prepare_cached(SAVE_SQL).await?;
+        let tx = client.transaction().await?;
+
+        // Highest offset per partition in this batch; the row lock serialises two workers that
+        // briefly both hold a partition during a rebalance.
+        let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+        for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
+            let e = highest
+                .entry((&pos.topic, pos.partition))
+                .or_insert(pos.offset);
+            *e = (*e).max(pos.offset);
+        }
+        let mut applied: HashMap<(String, i32), i64> = HashMap::new();
+        if !highest.is_empty() {
+            let topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
+            let parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
+            for row in tx.query(&lock_stmt, &[&topics, &parts]).await? {
+                applied.insert((row.get(0), row.get(1)), row.get(2));
+            }
+        }
+
+        let redelivered: Vec<bool> = items
+            .iter()
+            .map(|i| {
+                i.pos.as_ref().is_some_and(|p| {
+                    applied
+                        .get(&(p.topic.to_string(), p.partition))
+                        .is_some_and(|&a| p.offset <= a)
+                })
+            })
+            .collect();
+        let candidates: Vec<bool> = redelivered.iter().map(|r| !r).collect();
+        let decided = classify_in_batch(items, &candidates);
+        let send: Vec<usize> = (0..items.len())
+            .filter(|&i| candidates[i] && decided[i].is_none())
+            .collect();
+
+        let mut ids = Vec::with_capacity(send.len());
+        let mut types = Vec::with_capacity(send.len());
+        let mut issued = Vec::with_capacity(send.len());
+        let mut sources = Vec::with_capacity(send.len());
+        let mut hashes = Vec::with_capacity(send.len());
+        let mut blobs: Vec<&[u8]> = Vec::with_capacity(send.len());
+        let mut k_topics: Vec<Option<&str>> = Vec::with_capacity(send.len());
+        let mut k_parts: Vec<Option<i32>> = Vec::with_capacity(send.len());
+        let mut k_offsets: Vec<Option<i64>> = Vec::with_capacity(send.len());
+        let mut key_ids = Vec::with_capacity(send.len());
+        let mut nonces = Vec::with_capacity(send.len());
+        for &i in &send {
+            let env = &items[i].envelope;
+            let h = &env.header;
+            ids.push(h.id);
+            types.push(h.event_type.as_str());
+            issued.push(h.issued_at_ts);
+            sources.push(h.source.as_str());
+            hashes.push(h.payload_hash.as_str());
+            blobs.push(&env.bytes[..]);
+            k_topics.push(items[i].pos.as_ref().map(|p| &*p.topic));
+            k_parts.push(items[i].pos.as_ref().map(|p| p.partition));
+            k_offsets.push(items[i].pos.as_ref().map(|p| p.offset));
+            key_ids.push(h.key_id.as_str());
+            nonces.push(h.nonce.as_str());
+        }
+        let off_topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
+        let off_parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
+        let off_values: Vec<i64> = highest.values().copied().collect();
+
+        let rows = tx
+            .query(
+                &save_stmt,
+                &[
+                    &ids,
+                    &types,
+                    &issued,
+                    &sources,
+                    &hashes,
+                    &blobs,
+                    &k_topics,
+                    &k_parts,
+                    &k_offsets,
+                    &key_ids,
+                    &nonces,
+                    &off_topics,
+                    &off_parts,
+                    &off_values,
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+
+        let mut guarded: HashSet<String> = HashSet::new();
+        let mut stored: HashSet<String> = HashSet::new();
+        for row in rows {
+            let k: &str = row.get(0);
+            let v: String = row.get(1);
+            if k == "g" {
+                guarded.insert(v);
+            } else {
+                stored.insert(v);
+            }
+        }
+
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut claimed: HashSet<&str> = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let h = &item.envelope.header;
+            let outcome = if redelivered[i] {
+                Outcome::Redelivered
+            } else if let Some(o) = decided[i] {
+                o
+            } else if !guarded.contains(&format!("{}:{}", h.key_id, h.nonce)) {
+                Outcome::Replay
+            } else if stored.contains(&h.payload_hash) && claimed.insert(h.payload_hash.as_str()) {
+                // Mirrors the SQL's DISTINCT ON: the first surviving occurrence was the one inserted.
+                Outcome::Stored
+            } else {
+                Outcome::Duplicate
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Highest applied offset per partition, as recorded with the batches.
+    pub async fn applied_offsets(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<AppliedOffsets, PgError> {
+        let client = self.pool.get().await?;
+        let topics: Vec<&str> = partitions.iter().map(|p| p.0.as_str()).collect();
+        let parts: Vec<i32> = partitions.iter().map(|p| p.1).collect();
+        let rows = client
+            .query(
+                "SELECT topic, partition, applied_offset FROM nekhebet_consumer_offsets
+                 WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+                &[&topics, &parts],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT envelope FROM events WHERE id = $1", &[&id])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT envelope FROM events WHERE content_hash = $1",
+                &[&hash],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn get_metadata(&self, id: Uuid) -> Result<Option<EventMetadata>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, event_type, issued_at, source, content_hash FROM events WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(row.map(|r| EventMetadata {
+            id: r.get(0),
+            event_type: r.get(1),
+            issued_at: r.get(2),
+            source: r.get(3),
+            content_hash: r.get(4),
+        }))
+    }
+
+    /// Envelope bytes for those content hashes that PostgreSQL holds (used to heal LMDB).
+    pub async fn envelopes_by_hash(
+        &self,
+        hashes: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>, PgError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT content_hash, envelope FROM events WHERE content_hash = ANY($1)",
+                &[&hashes],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Envelopes of one type ordered by `issued_at`, streamed from the server (a portal), so a large
+    /// result never sits in memory.
+    pub async fn iter_by_type(
+        &self,
+        event_type: &str,
+        limit: Option<i64>,
+    ) -> Result<impl Stream<Item = Result<Vec<u8>, PgError>>, PgError> {
+        let client = self.pool.get().await?;
+        let limit = limit.unwrap_or(i64::MAX);
+        let stream = client
+            .query_raw(
+                "SELECT envelope FROM events WHERE event_type = $1 ORDER BY issued_at ASC LIMIT $2",
+                [
+                    &event_type as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &limit,
+                ],
+            )
+            .await?;
+        // The pooled client must live as long as the stream.
+        Ok(futures::stream::unfold(
+            (client, Box::pin(stream)),
+            |(client, mut s)| async move {
+                let next = s.next().await?;
+                Some((
+                    next.map(|r| r.get::<_, Vec<u8>>(0)).map_err(PgError::from),
+                    (client, s),
+                ))
+            },
+        ))
+    }
+
+    /// Deletes replay-guard rows issued before `older_than`; returns how many.
+    pub async fn cleanup_replay_guard(&self, older_than: DateTime<Utc>) -> Result<u64, PgError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM replay_guard WHERE issued_at < $1",
+                &[&older_than],
+            )
+            .await?)
+    }
+
+    /// Counts of events and replay-guard rows (for summaries and tests).
+    pub async fn counts(&self) -> Result<(i64, i64), PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM replay_guard)",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// All (content_hash, envelope) pairs, streamed in `seq` order (reconcile, tests).
+    pub async fn all_envelopes(&self) -> Result<Vec<(String, Vec<u8>)>, PgError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query_raw(
+                "SELECT content_hash, envelope FROM events ORDER BY seq",
+                std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+            )
+            .await?;
+        rows.map_ok(|r| (r.get(0), r.get(1)))
+            .map_err(PgError::from)
+            .try_collect()
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        assert_eq!(kind_of_sqlstate("40001").class(), ErrorClass::Transient);
+        assert_eq!(kind_of_sqlstate("57P01").class(), ErrorClass::Transient);
+        assert_eq!(kind_of_sqlstate("08006").class(), ErrorClass::Transient);
+        assert_eq!(kind_of_sqlstate("53300").class(), ErrorClass::Transient);
+        assert_eq!(kind_of_sqlstate("22021").class(), ErrorClass::Message);
+        assert_eq!(kind_of_sqlstate("23505").class(), ErrorClass::Message);
+        assert_eq!(kind_of_sqlstate("42P01").class(), ErrorClass::Fatal);
+        assert_eq!(kind_of_sqlstate("42501").class(), ErrorClass::Fatal);
+        assert_eq!(kind_of_sqlstate("XX000").class(), ErrorClass::Fatal);
+    }
+}

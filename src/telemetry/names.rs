@@ -1,0 +1,48 @@
+//! Every metric name in one place (Prometheus conventions: `nekhebet_` prefix, `_total` counters,
+//! base units in the name). The README's "Metrics" table documents each with its labels.
+
+/// Counter, labels `topic`: messages taken from Kafka.
+pub const MESSAGES_CONSUMED: &str = "nekhebet_messages_consumed_total";
+/// Counter, label `outcome` = stored|duplicate|redelivered|replay|rejected: one per consumed message.
+pub const ENVELOPES: &str = "nekhebet_envelopes_total";
+/// Counter, label `reason`: rejected messages by stable reason code.
+pub const REJECTED: &str = "nekhebet_rejected_total";
+/// Counter, label `topic` (the DLQ topic): dead-letter publishes acknowledged by the broker.
+pub const DLQ_PUBLISHED: &str = "nekhebet_dlq_published_total";
+/// Counter: dead-letter publishes that failed (retried; the offset does not move meanwhile).
+pub const DLQ_FAILURES: &str = "nekhebet_dlq_failures_total";
+/// Counter: batches whose offsets were committed.
+pub const BATCHES_COMMITTED: &str = "nekhebet_batches_committed_total";
+/// Histogram: records per batch.
+pub const BATCH_RECORDS: &str = "nekhebet_batch_records";
+/// Histogram: bytes per batch.
+pub const BATCH_BYTES: &str = "nekhebet_batch_bytes";
+/// Histogram, label `stage` = decode|verify|postgres|lmdb|commit: seconds spent per batch.
+pub const STAGE_SECONDS: &str = "nekhebet_stage_duration_seconds";
+/// Histogram: seconds from the Kafka message timestamp to the commit of its offset.
+pub const END_TO_END_SECONDS: &str = "nekhebet_end_to_end_latency_seconds";
+/// Gauge, labels `topic`, `partition`: high watermark − committed position.
+pub const CONSUMER_LAG: &str = "nekhebet_consumer_lag_messages";
+/// Gauge: partitions currently assigned to this worker.
+pub const ASSIGNED_PARTITIONS: &str = "nekhebet_assigned_partitions";
+/// Gauge: batches being written (between hand-off and offset commit).
+pub const IN_FLIGHT_BATCHES: &str = "nekhebet_in_flight_batches";
+/// Gauge: 1 while consumption is paused (backing off after a transient failure).
+pub const PAUSED: &str = "nekhebet_consumer_paused";
+/// Counter, label `cause`: retried attempts after a transient failure.
+pub const RETRIES: &str = "nekhebet_retries_total";
+/// Gauges: PostgreSQL connection pool.
+pub const PG_POOL_SIZE: &str = "nekhebet_postgres_pool_connections";
+pub const PG_POOL_AVAILABLE: &str = "nekhebet_postgres_pool_available_connections";
+pub const PG_POOL_WAITING: &str = "nekhebet_postgres_pool_waiting_requests";
+/// Gauges: LMDB map size and bytes used.
+pub const LMDB_MAP_SIZE: &str = "nekhebet_lmdb_map_size_bytes";
+pub const LMDB_USED: &str = "nekhebet_lmdb_used_bytes";
+/// Counter: hybrid reads that found the blob missing from LMDB and fell back to PostgreSQL.
+pub const LMDB_FALLBACKS: &str = "nekhebet_hybrid_lmdb_fallbacks_total";
+/// Counter: blobs written to LMDB to heal a crash between the PostgreSQL and LMDB commits.
+pub const LMDB_HEALED: &str = "nekhebet_lmdb_healed_total";
+/// Gauge: Unix time of the last successful offset commit.
+pub const LAST_COMMIT: &str = "nekhebet_last_commit_timestamp_seconds";
+/// Gauge (always 1), labels `version`, `git`: build information.
+pub const BUILD_INFO: &str = "nekhebet_build_info";

@@ -1,0 +1,1 @@
+//! Kafka helpers for tests (random topics and groups, waiting for the group to catch up).

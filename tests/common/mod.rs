@@ -1,0 +1,5 @@
+//! Shared helpers for integration tests against the real local services (`scripts/services up`).
+#![allow(dead_code)]
+
+pub mod kafka;
+pub mod pg;

@@ -1,0 +1,456 @@
+//! The repositories against a real PostgreSQL (local server, fresh database per test) and LMDB.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::pg::TestDb;
+use nekhebet_store::config::{Config, LmdbConfig};
+use nekhebet_store::envelope::{self, Envelope, Limits};
+use nekhebet_store::store::{HybridStore, Item, KafkaPos, LmdbStore, Outcome, Store};
+
+fn sample_lines() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/samples/envelopes-2000.jsonl"
+    );
+    std::fs::read_to_string(path)
+        .expect("../shared/samples is beside the repository")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn decode(line: &str) -> Envelope {
+    envelope::decode(
+        Bytes::from(line.to_string()),
+        &Limits {
+            max_message_bytes: 2 << 20,
+        },
+    )
+    .expect("sample decodes")
+}
+
+fn items(lines: &[String]) -> Vec<Item> {
+    lines
+        .iter()
+        .map(|l| Item {
+            envelope: decode(l),
+            pos: None,
+        })
+        .collect()
+}
+
+/// The same envelope with some header fields replaced (stores do not verify signatures).
+fn with_header(line: &str, changes: &[(&str, &str)]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    for (k, val) in changes {
+        v["header"][*k] = serde_json::Value::String(val.to_string());
+    }
+    serde_json::to_string(&v).unwrap()
+}
+
+fn new_nonce() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn lmdb_config(dir: &std::path::Path, map_size: u64) -> LmdbConfig {
+    LmdbConfig {
+        path: dir.to_path_buf(),
+        map_size,
+        ..Config::default().lmdb
+    }
+}
+
+fn tally(outcomes: &[Outcome]) -> [usize; 4] {
+    let mut t = [0; 4];
+    for o in outcomes {
+        t[Outcome::ALL.iter().position(|x| x == o).unwrap()] += 1;
+    }
+    t
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_versioned() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "second migrate applies nothing"
+    );
+    let client = db.client().await;
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM nekhebet_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    // nekhebet-store 4.0's tables, columns and indexes are all there.
+    for (table, column) in [
+        ("events", "id"),
+        ("events", "event_type"),
+        ("events", "issued_at"),
+        ("events", "source"),
+        ("events", "content_hash"),
+        ("events", "envelope"),
+        ("events", "created_at"),
+        ("replay_guard", "key_id"),
+        ("replay_guard", "nonce"),
+        ("replay_guard", "issued_at"),
+        ("event_links", "relation"),
+        ("delivery_state", "attempts"),
+    ] {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = $1 AND column_name = $2",
+                &[&table, &column],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{table}.{column}");
+    }
+    for index in [
+        "idx_events_content_hash",
+        "idx_events_type_issued",
+        "idx_events_source_issued",
+        "idx_replay_guard_issued_at",
+    ] {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_indexes WHERE indexname = $1",
+                &[&index],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{index}");
+    }
+}
+
+#[tokio::test]
+async fn append_only_is_enforced_by_the_database() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    store.save_batch(&items(&lines[..3])).await.unwrap();
+    let client = db.client().await;
+    for sql in [
+        "UPDATE events SET source = 'forged'",
+        "DELETE FROM events",
+        "TRUNCATE events CASCADE",
+        "UPDATE replay_guard SET nonce = 'x'",
+        "TRUNCATE replay_guard",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert!(
+            err.to_string().contains("append-only") || format!("{err:?}").contains("append-only"),
+            "{sql}: {err:?}"
+        );
+    }
+    let (events, guards) = store.counts().await.unwrap();
+    assert_eq!((events, guards), (3, 3));
+    // Retention DELETE on the replay guard stays allowed.
+    let deleted = store
+        .cleanup_replay_guard(chrono::Utc::now() + chrono::Duration::days(365))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+}
+
+#[tokio::test]
+async fn postgres_outcomes_match_the_contract_within_and_across_batches() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    let a = &lines[0];
+    let b = &lines[1];
+    // Same payload (hash), new (key_id, nonce) and new id → duplicate.
+    let a_dup = with_header(
+        a,
+        &[
+            ("nonce", &new_nonce()),
+            ("id", &uuid::Uuid::new_v4().to_string()),
+        ],
+    );
+    // Same (key_id, nonce), other payload → replay.
+    let b_replay = with_header(
+        &lines[2],
+        &[
+            ("nonce", &decode(b).header.nonce),
+            ("key_id", &decode(b).header.key_id),
+        ],
+    );
+    let batch = vec![
+        a.clone(),
+        a_dup.clone(),
+        b.clone(),
+        b_replay.clone(),
+        a.clone(),
+    ];
+    let outcomes = store.save_batch(&items(&batch)).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Stored,
+            Outcome::Duplicate,
+            Outcome::Stored,
+            Outcome::Replay,
+            Outcome::Replay
+        ]
+    );
+    // Across batches, the same classification.
+    let again = store.save_batch(&items(&batch)).await.unwrap();
+    assert_eq!(again, vec![Outcome::Replay; 5]);
+    let a_dup2 = with_header(
+        a,
+        &[
+            ("nonce", &new_nonce()),
+            ("id", &uuid::Uuid::new_v4().to_string()),
+        ],
+    );
+    assert_eq!(
+        store.save_batch(&items(&[a_dup2])).await.unwrap(),
+        vec![Outcome::Duplicate]
+    );
+    // Within a batch the first FRESH occurrence of a payload wins: a replay before it does not count.
+    let c = &lines[3];
+    let c_with_used_nonce = with_header(
+        c,
+        &[
+            ("nonce", &decode(b).header.nonce),
+            ("key_id", &decode(b).header.key_id),
+            ("id", &uuid::Uuid::new_v4().to_string()),
+        ],
+    );
+    let outcomes = store
+        .save_batch(&items(&[c_with_used_nonce, c.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![Outcome::Replay, Outcome::Stored]);
+
+    let (events, guards) = store.counts().await.unwrap();
+    assert_eq!(events, 3, "a, b, c");
+    assert_eq!(guards, 5, "a, a_dup, b, a_dup2, c");
+    // The stored bytes are the received bytes.
+    assert_eq!(
+        store.get(decode(a).header.id).await.unwrap().unwrap(),
+        a.as_bytes()
+    );
+    let meta = store
+        .get_metadata(decode(b).header.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.content_hash, decode(b).header.payload_hash);
+}
+
+#[tokio::test]
+async fn redelivered_messages_are_recognised_by_their_stored_offsets() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    let topic: Arc<str> = Arc::from("t1");
+    let with_pos = |range: std::ops::Range<usize>| -> Vec<Item> {
+        range
+            .map(|i| Item {
+                envelope: decode(&lines[i]),
+                pos: Some(KafkaPos {
+                    topic: topic.clone(),
+                    partition: (i % 2) as i32,
+                    offset: (i / 2) as i64,
+                }),
+            })
+            .collect()
+    };
+    assert_eq!(
+        tally(&store.save_batch(&with_pos(0..10)).await.unwrap()),
+        [10, 0, 0, 0]
+    );
+    // Re-reading from an older position: the overlap is redelivered, the rest new.
+    let outcomes = store.save_batch(&with_pos(6..14)).await.unwrap();
+    assert_eq!(tally(&outcomes), [4, 0, 4, 0]);
+    let applied = store
+        .applied_offsets(&[("t1".into(), 0), ("t1".into(), 1), ("t1".into(), 2)])
+        .await
+        .unwrap();
+    assert_eq!(applied.get(&("t1".to_string(), 0)), Some(&6));
+    assert_eq!(applied.get(&("t1".to_string(), 1)), Some(&6));
+    assert_eq!(applied.get(&("t1".to_string(), 2)), None);
+    // Provenance is recorded.
+    let client = db.client().await;
+    let row = client
+        .query_one("SELECT kafka_topic, kafka_partition, kafka_offset, key_id, nonce FROM events WHERE id = $1", &[&decode(&lines[5]).header.id])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "t1");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert_eq!(row.get::<_, i64>(2), 2);
+    assert_eq!(row.get::<_, String>(4), decode(&lines[5]).header.nonce);
+}
+
+#[tokio::test]
+async fn a_message_the_database_refuses_is_isolated_and_the_rest_stored() {
+    let db = TestDb::new().await;
+    let store = Store::Postgres(db.store().await);
+    let lines = sample_lines();
+    // Same id as line 0, other payload and nonce: the primary key refuses it (not a duplicate).
+    let clash = with_header(
+        &lines[1],
+        &[("id", &decode(&lines[0]).header.id.to_string())],
+    );
+    let batch = items(&[lines[0].clone(), lines[2].clone(), clash, lines[3].clone()]);
+    let outcomes = store.save_batch_isolating(&batch).await.unwrap();
+    assert_eq!(outcomes[0], Ok(Outcome::Stored));
+    assert_eq!(outcomes[1], Ok(Outcome::Stored));
+    assert!(
+        outcomes[2].as_ref().unwrap_err().contains("23505"),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(outcomes[3], Ok(Outcome::Stored));
+    // The refused message did not burn its nonce.
+    let (events, guards) = store.postgres().unwrap().counts().await.unwrap();
+    assert_eq!((events, guards), (3, 3));
+}
+
+#[tokio::test]
+async fn lmdb_outcomes_and_map_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB map for ~2.8 MB of envelopes: it must grow, not fail.
+    let store = LmdbStore::open(&lmdb_config(dir.path(), 1 << 20), true)
+        .await
+        .unwrap();
+    let lines = sample_lines();
+    let outcomes = store.save_batch(items(&lines)).await.unwrap();
+    assert_eq!(tally(&outcomes), [2000, 0, 0, 0]);
+    assert_eq!(
+        tally(&store.save_batch(items(&lines[..10])).await.unwrap()),
+        [0, 0, 0, 10]
+    );
+    let dup = with_header(&lines[0], &[("nonce", &new_nonce())]);
+    assert_eq!(
+        store.save_batch(items(&[dup])).await.unwrap(),
+        vec![Outcome::Duplicate]
+    );
+    assert!(store.usage().0 > 1 << 20, "the map grew");
+    for l in lines.iter().step_by(97) {
+        let e = decode(l);
+        assert_eq!(store.get(e.header.id).await.unwrap().unwrap(), l.as_bytes());
+        assert_eq!(
+            store
+                .get_by_hash(e.header.payload_hash.clone())
+                .await
+                .unwrap()
+                .unwrap(),
+            l.as_bytes()
+        );
+    }
+    assert_eq!(store.len().await.unwrap(), 2000);
+    // Cleanup of the replay guard reopens the nonces.
+    assert_eq!(
+        store.cleanup_replay_guard("9999".into()).await.unwrap(),
+        2001
+    );
+}
+
+#[tokio::test]
+async fn lmdb_map_limit_is_a_retriable_error_not_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LmdbConfig {
+        max_map_size: 1 << 20,
+        ..lmdb_config(dir.path(), 1 << 20)
+    };
+    let store = LmdbStore::open(&cfg, true).await.unwrap();
+    let lines = sample_lines();
+    let err = store.save_batch(items(&lines)).await.unwrap_err();
+    assert!(err.is_retriable(), "{err}");
+    assert!(err.to_string().contains("max_map_size"), "{err}");
+    assert_eq!(store.len().await.unwrap(), 0, "nothing half-written");
+}
+
+#[tokio::test]
+async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = sample_lines();
+    let pg = db.store().await;
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+        .await
+        .unwrap();
+    let hybrid = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
+
+    // A crash between the two commits: PostgreSQL has the first 50, LMDB nothing.
+    pg.save_batch(&items(&lines[..50])).await.unwrap();
+    // A fallback read is served from PostgreSQL meanwhile.
+    let first = decode(&lines[0]);
+    assert_eq!(
+        hybrid.get(first.header.id).await.unwrap().unwrap(),
+        lines[0].as_bytes()
+    );
+    // Redelivery of the same envelopes (replays for PostgreSQL) heals LMDB.
+    let outcomes = hybrid.save_batch(&items(&lines[..100])).await.unwrap();
+    assert_eq!(tally(&outcomes), [50, 0, 0, 50]);
+    assert_eq!(lmdb.len().await.unwrap(), 100);
+    for l in &lines[..100] {
+        let e = decode(l);
+        assert_eq!(
+            lmdb.get_by_hash(e.header.payload_hash.clone())
+                .await
+                .unwrap()
+                .unwrap(),
+            l.as_bytes()
+        );
+        assert_eq!(
+            hybrid.get(e.header.id).await.unwrap().unwrap(),
+            l.as_bytes()
+        );
+    }
+    // A duplicate never overwrites the stored blob with its own bytes.
+    let dup = with_header(
+        &lines[0],
+        &[
+            ("nonce", &new_nonce()),
+            ("id", &uuid::Uuid::new_v4().to_string()),
+        ],
+    );
+    assert_eq!(
+        hybrid.save_batch(&items(&[dup])).await.unwrap(),
+        vec![Outcome::Duplicate]
+    );
+    assert_eq!(
+        hybrid
+            .get_by_hash(&first.header.payload_hash)
+            .await
+            .unwrap()
+            .unwrap(),
+        lines[0].as_bytes()
+    );
+    // In hybrid mode LMDB records offsets too, and applied_offsets is the lower of the two.
+    let topic: Arc<str> = Arc::from("t");
+    let positioned: Vec<Item> = lines[100..110]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Item {
+            envelope: decode(l),
+            pos: Some(KafkaPos {
+                topic: topic.clone(),
+                partition: 0,
+                offset: i as i64,
+            }),
+        })
+        .collect();
+    hybrid.save_batch(&positioned).await.unwrap();
+    let applied = hybrid.applied_offsets(&[("t".into(), 0)]).await.unwrap();
+    assert_eq!(applied.get(&("t".to_string(), 0)), Some(&9));
+}
