@@ -454,3 +454,39 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
     let applied = hybrid.applied_offsets(&[("t".into(), 0)]).await.unwrap();
     assert_eq!(applied.get(&("t".to_string(), 0)), Some(&9));
 }
+
+#[tokio::test]
+async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing() {
+    use nekhebet_store::cli::reconcile::reconcile;
+    use nekhebet_store::store::lmdb::BlobBatch;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = sample_lines();
+    let pg = db.store().await;
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false).await.unwrap();
+    let store = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
+    pg.save_batch(&items(&lines[..50])).await.unwrap();
+    let mut blobs: Vec<(String, Bytes)> = lines[..40]
+        .iter()
+        .map(|l| (decode(l).header.payload_hash, Bytes::from(l.clone())))
+        .collect();
+    blobs[3].1 = Bytes::from_static(b"{\"not\":\"the same\"}");
+    blobs.push(("f".repeat(64), Bytes::from_static(b"orphan")));
+    lmdb.put_blobs(BlobBatch { blobs, offsets: vec![] }).await.unwrap();
+
+    let report = reconcile(&store, false).await.unwrap();
+    assert_eq!(report.compared, 40);
+    assert_eq!(report.missing.len(), 10);
+    assert_eq!(report.orphans, vec!["f".repeat(64)]);
+    assert_eq!(report.differing, vec![decode(&lines[3]).header.payload_hash]);
+    assert_eq!(report.repaired, 0);
+
+    let repaired = reconcile(&store, true).await.unwrap();
+    assert_eq!(repaired.repaired, 10);
+    let after = reconcile(&store, false).await.unwrap();
+    assert_eq!((after.compared, after.missing.len()), (50, 0));
+    for l in &lines[40..50] {
+        let e = decode(l);
+        assert_eq!(lmdb.get_by_hash(e.header.payload_hash.clone()).await.unwrap().unwrap(), l.as_bytes());
+    }
+}

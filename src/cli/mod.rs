@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and the small commands. `main.rs` only calls [`main`].
 
 mod import;
+pub mod reconcile;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,19 +43,32 @@ pub enum Command {
         #[arg(long, conflicts_with = "id")]
         hash: Option<String>,
     },
-    /// Delete replay-guard entries older than a duration (e.g. 30d, 12h) or an RFC 3339 instant.
-    ///
-    /// Trade-off: once an entry is deleted, the same (key_id, nonce) is accepted again. Envelopes
-    /// that carry `expires_at` are still refused by verification once expired, but envelopes
-    /// WITHOUT `expires_at` can be replayed after the cleanup: keep the window longer than any
-    /// plausible replay.
-    #[command(name = "replay-guard-cleanup")]
-    ReplayGuardCleanup {
+    /// Replay-guard maintenance.
+    #[command(name = "replay-guard", subcommand)]
+    ReplayGuard(ReplayGuardCommand),
+    /// Compare PostgreSQL and LMDB (missing blobs, orphans, differing bytes); `--repair` copies
+    /// missing blobs from PostgreSQL. Exit 1 when inconsistent and not repaired.
+    Reconcile {
         #[arg(long)]
-        older_than: String,
+        repair: bool,
     },
     /// Print the effective configuration as TOML, secrets masked.
     Config,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReplayGuardCommand {
+    /// Delete replay-guard entries issued before a duration ago (30d, 12h, 90m, 45s) or an RFC 3339
+    /// instant, in every configured store.
+    ///
+    /// Trade-off: once an entry is deleted, the same (key_id, nonce) is accepted again. Envelopes
+    /// that carry `expires_at` are still refused by verification once expired, but for envelopes
+    /// WITHOUT `expires_at` the replay window reopens: keep the retention longer than any replay
+    /// you must catch.
+    Cleanup {
+        #[arg(long)]
+        older_than: String,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -121,7 +135,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::ReplayGuardCleanup { older_than } => {
+        Command::Reconcile { repair } => reconcile::run(&config, repair).await,
+        Command::ReplayGuard(ReplayGuardCommand::Cleanup { older_than }) => {
             let cutoff = parse_cutoff(&older_than, chrono::Utc::now())?;
             let store = Store::open(&config).await.context("opening the store")?;
             if let Some(pg) = store.postgres() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -581,19 +581,20 @@ impl PgStore {
         Ok((row.get(0), row.get(1)))
     }
 
-    /// All (content_hash, envelope) pairs, streamed in `seq` order (reconcile, tests).
-    pub async fn all_envelopes(&self) -> Result<Vec<(String, Vec<u8>)>, PgError> {
+    /// Every (content_hash, envelope) pair in byte order of the hash (the order of LMDB's keys),
+    /// streamed from the server so the whole table never sits in memory.
+    pub async fn stream_by_hash(&self) -> Result<impl Stream<Item = Result<(String, Vec<u8>), PgError>>, PgError> {
         let client = self.pool.get().await?;
         let rows = client
             .query_raw(
-                "SELECT content_hash, envelope FROM events ORDER BY seq",
+                r#"SELECT content_hash, envelope FROM events ORDER BY content_hash COLLATE "C""#,
                 std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
             )
             .await?;
-        rows.map_ok(|r| (r.get(0), r.get(1)))
-            .map_err(PgError::from)
-            .try_collect()
-            .await
+        Ok(futures::stream::unfold((client, Box::pin(rows)), |(client, mut s)| async move {
+            let next = s.next().await?;
+            Some((next.map(|r| (r.get(0), r.get(1))).map_err(PgError::from), (client, s)))
+        }))
     }
 }
 

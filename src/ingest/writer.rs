@@ -1,0 +1,492 @@
+//! The write stage: per batch, dead-letter the rejected messages, save the valid ones (ONE
+//! PostgreSQL + ONE LMDB transaction), then commit the batch's Kafka offsets. Batches are written
+//! strictly one after another, in consumption order, so the stores' applied offsets and Kafka's
+//! committed offsets only ever move forward.
+//!
+//! Order inside a batch matters: the stores record the highest applied offset of a partition, so
+//! a rejected message below it must already be acknowledged by the dead-letter topic when the
+//! store transaction commits — otherwise a crash in between would skip it on restart. Hence: DLQ
+//! first, then the store, then Kafka.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::consumer::{IngestConsumer, PauseFlags, Record, Tp};
+use super::progress::mask;
+use super::IngestReport;
+use crate::dlq::{DeadLetter, DlqSink};
+use crate::envelope::Envelope;
+use crate::store::postgres::ErrorClass;
+use crate::store::{Item, KafkaPos, Outcome, Store, StoreError};
+use crate::telemetry::names;
+
+/// Reason code of a message the database refused on its own (isolated by splitting the batch).
+pub const STORE_REJECTED: &str = "store_rejected";
+
+/// Partition → assignment epoch, for the partitions this worker currently owns. Shared by the
+/// main loop (which changes it on rebalance) and the writer (which commits only what it owns).
+pub type Owned = Arc<Mutex<HashMap<Tp, u64>>>;
+
+/// A checked message: the envelope, or why it is rejected (reason code, detail).
+pub type Verdict = Result<Envelope, (String, String)>;
+
+/// A batch after decoding and checking, ready to write.
+pub struct Prepared {
+    pub id: u64,
+    pub records: Vec<Record>,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// What the writer did with a batch.
+#[derive(Debug)]
+pub struct Completion {
+    pub id: u64,
+    pub report: IngestReport,
+    /// Next offsets committed to Kafka, per partition.
+    pub committed: Vec<(Tp, i64)>,
+}
+
+/// Why the writer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Neither retrying nor isolating a message helps (schema missing, permission denied, a bug):
+    /// stop loudly without committing.
+    #[error("{0}")]
+    Fatal(String),
+    /// Hard shutdown deadline: the batch is left uncommitted.
+    #[error("aborted")]
+    Aborted,
+}
+
+#[derive(Debug, Clone)]
+enum Fate {
+    Pending,
+    Done(Outcome),
+    Rejected(String),
+    /// The partition was revoked (or the batch abandoned) before this message was finished: no
+    /// outcome here, uncommitted; the partition's next owner reads it again.
+    Abandoned,
+}
+
+/// Retry delays for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Writer {
+    pub store: Store,
+    pub dlq: DlqSink,
+    pub consumer: Arc<IngestConsumer>,
+    pub owned: Owned,
+    /// Last next-offset committed per partition (the final synchronous commit re-sends these).
+    pub committed: Arc<Mutex<HashMap<Tp, i64>>>,
+    pub pause: Arc<PauseFlags>,
+    /// Hard stop: give up the current batch (uncommitted) and return.
+    pub abort: CancellationToken,
+    pub retry: RetryPolicy,
+    pub rng: StdRng,
+}
+
+/// Valid items still to save, with their record indexes.
+struct Chunk {
+    idx: Vec<usize>,
+    items: Vec<Item>,
+}
+
+impl Writer {
+    pub fn new(
+        store: Store,
+        dlq: DlqSink,
+        consumer: Arc<IngestConsumer>,
+        owned: Owned,
+        committed: Arc<Mutex<HashMap<Tp, i64>>>,
+        pause: Arc<PauseFlags>,
+        abort: CancellationToken,
+    ) -> Writer {
+        Writer {
+            store,
+            dlq,
+            consumer,
+            owned,
+            committed,
+            pause,
+            abort,
+            retry: RetryPolicy::default(),
+            rng: StdRng::from_entropy(),
+        }
+    }
+
+    /// Writes batches until the input closes.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Prepared>, done: mpsc::UnboundedSender<Completion>) -> Result<(), WriteError> {
+        while let Some(batch) = rx.recv().await {
+            let completion = self.write(batch).await?;
+            // The main loop may be gone at the very end of a shutdown: the batch is committed, so
+            // nothing is lost by not reporting it.
+            let _ = done.send(completion);
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: Prepared) -> Result<Completion, WriteError> {
+        let Prepared { id, records, verdicts } = batch;
+        let n = records.len();
+        let mut fates = vec![Fate::Pending; n];
+        let mut report = IngestReport::default();
+        let mut letters = Vec::new();
+        let mut chunk = Chunk {
+            idx: Vec::with_capacity(n),
+            items: Vec::with_capacity(n),
+        };
+        for (i, verdict) in verdicts.into_iter().enumerate() {
+            let r = &records[i];
+            match verdict {
+                Ok(envelope) => {
+                    chunk.idx.push(i);
+                    chunk.items.push(Item {
+                        envelope,
+                        pos: Some(KafkaPos {
+                            topic: r.tp.topic.clone(),
+                            partition: r.tp.partition,
+                            offset: r.offset,
+                        }),
+                    });
+                }
+                Err((reason, detail)) => letters.push((i, letter(r, reason, detail))),
+            }
+        }
+
+        self.dead_letter(&records, &mut fates, letters, &mut report).await?;
+        self.save_isolating(&records, &mut fates, chunk, &mut report).await?;
+        let committed = self.commit(&records, &fates, &mut report);
+
+        for (i, fate) in fates.iter().enumerate() {
+            match fate {
+                Fate::Done(o) => {
+                    report.count_outcome(*o);
+                    metrics::counter!(names::ENVELOPES, "outcome" => o.as_str()).increment(1);
+                }
+                Fate::Rejected(reason) => {
+                    report.rejected += 1;
+                    *report.rejected_by_reason.entry(reason.clone()).or_default() += 1;
+                    metrics::counter!(names::ENVELOPES, "outcome" => "rejected").increment(1);
+                    metrics::counter!(names::REJECTED, "reason" => reason.clone()).increment(1);
+                }
+                Fate::Abandoned => report.abandoned += 1,
+                Fate::Pending => {
+                    // Every path above decides each message; reaching this is a bug, and
+                    // committing past an undecided message could lose it.
+                    return Err(WriteError::Fatal(format!(
+                        "internal error: message {} offset {} left without an outcome",
+                        records[i].tp, records[i].offset
+                    )));
+                }
+            }
+        }
+        Ok(Completion { id, report, committed })
+    }
+
+    fn owns(&self, r: &Record) -> bool {
+        lock(&self.owned).get(&r.tp) == Some(&r.epoch)
+    }
+
+    /// Publishes the letters, retrying failures until each is acknowledged or its partition is
+    /// no longer ours.
+    async fn dead_letter(
+        &mut self,
+        records: &[Record],
+        fates: &mut [Fate],
+        mut todo: Vec<(usize, DeadLetter)>,
+        report: &mut IngestReport,
+    ) -> Result<(), WriteError> {
+        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
+        loop {
+            todo.retain(|(i, _)| {
+                let keep = self.owns(&records[*i]);
+                if !keep {
+                    fates[*i] = Fate::Abandoned;
+                }
+                keep
+            });
+            if todo.is_empty() {
+                break;
+            }
+            let results = {
+                let refs: Vec<&DeadLetter> = todo.iter().map(|(_, l)| l).collect();
+                self.dlq.publish_all(&refs).await
+            };
+            let mut failed = Vec::new();
+            let mut first_error = None;
+            for ((i, l), r) in todo.into_iter().zip(results) {
+                match r {
+                    Ok(()) => {
+                        report.dlq_published += 1;
+                        fates[i] = Fate::Rejected(l.reason);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        failed.push((i, l));
+                    }
+                }
+            }
+            todo = failed;
+            if let Some(e) = first_error {
+                if e.is_retriable() {
+                    tracing::warn!(error = %e, pending = todo.len(), "dead-letter publish failed; retrying (offsets do not move)");
+                } else {
+                    tracing::error!(error = %e, pending = todo.len(), "dead-letter topic refuses writes; retrying until it accepts (offsets do not move)");
+                }
+                self.back_off(&mut backoff, e.cause(), report).await?;
+            }
+        }
+        self.recovered(&backoff);
+        Ok(())
+    }
+
+    /// Saves the valid items; a database error caused by the data of one message (not a
+    /// transient one) splits the batch until that message is alone, then dead-letters it.
+    async fn save_isolating(
+        &mut self,
+        records: &[Record],
+        fates: &mut [Fate],
+        chunk: Chunk,
+        report: &mut IngestReport,
+    ) -> Result<(), WriteError> {
+        // Depth-first, left half first: items are saved in consumption order, so a partition's
+        // applied offset never passes a message that is still undecided.
+        let mut stack = vec![chunk];
+        while let Some(mut chunk) = stack.pop() {
+            match self.save_with_retry(records, fates, &mut chunk, report).await? {
+                None => {}
+                Some(e) if chunk.items.len() == 1 => {
+                    let i = chunk.idx[0];
+                    let r = &records[i];
+                    tracing::warn!(partition = %r.tp, offset = r.offset, error = %e, "the database refuses this message; dead-lettering it");
+                    let l = letter(r, STORE_REJECTED.to_string(), e.to_string());
+                    self.dead_letter(records, fates, vec![(i, l)], report).await?;
+                }
+                Some(_) => {
+                    let mid = chunk.items.len() / 2;
+                    let right = Chunk {
+                        idx: chunk.idx.split_off(mid),
+                        items: chunk.items.split_off(mid),
+                    };
+                    stack.push(right);
+                    stack.push(chunk);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One save with retries on transient errors. `Ok(None)`: saved, fates set. `Ok(Some(e))`: a
+    /// data error to isolate.
+    async fn save_with_retry(
+        &mut self,
+        records: &[Record],
+        fates: &mut [Fate],
+        chunk: &mut Chunk,
+        report: &mut IngestReport,
+    ) -> Result<Option<StoreError>, WriteError> {
+        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
+        loop {
+            // Drop what is no longer ours before each attempt: after a revocation the next owner
+            // writes it (the stores' offsets make that exactly-once either way).
+            let mut k = 0;
+            while k < chunk.items.len() {
+                let i = chunk.idx[k];
+                if self.owns(&records[i]) {
+                    k += 1;
+                } else {
+                    fates[i] = Fate::Abandoned;
+                    chunk.idx.remove(k);
+                    chunk.items.remove(k);
+                }
+            }
+            if chunk.items.is_empty() {
+                self.recovered(&backoff);
+                return Ok(None);
+            }
+            let started = Instant::now();
+            match self.store.save_batch(&chunk.items).await {
+                Ok(outcomes) => {
+                    self.record_store_latency(started.elapsed());
+                    if outcomes.len() != chunk.items.len() {
+                        return Err(WriteError::Fatal(format!(
+                            "internal error: the store returned {} outcomes for {} envelopes",
+                            outcomes.len(),
+                            chunk.items.len()
+                        )));
+                    }
+                    for ((&i, item), o) in chunk.idx.iter().zip(&chunk.items).zip(outcomes) {
+                        if o == Outcome::Replay {
+                            let h = &item.envelope.header;
+                            let r = &records[i];
+                            tracing::warn!(
+                                key_id = %mask(&h.key_id),
+                                nonce = %mask(&h.nonce),
+                                event_type = %h.event_type,
+                                partition = %r.tp,
+                                offset = r.offset,
+                                "replay caught (seth.caught): (key_id, nonce) already used"
+                            );
+                        }
+                        fates[i] = Fate::Done(o);
+                    }
+                    self.recovered(&backoff);
+                    return Ok(None);
+                }
+                Err(e) => match classify(&e) {
+                    ErrorClass::Transient => {
+                        tracing::warn!(error = %e, cause = e.cause(), envelopes = chunk.items.len(), "store write failed; retrying the same batch (offsets do not move)");
+                        self.back_off(&mut backoff, e.cause(), report).await?;
+                    }
+                    ErrorClass::Message => {
+                        self.recovered(&backoff);
+                        return Ok(Some(e));
+                    }
+                    ErrorClass::Fatal => {
+                        tracing::error!(error = %e, cause = e.cause(), "store write failed and retrying cannot help; stopping without committing");
+                        return Err(WriteError::Fatal(format!("store: {e}")));
+                    }
+                },
+            }
+        }
+    }
+
+    fn record_store_latency(&self, d: Duration) {
+        // The hybrid store times its PostgreSQL and LMDB transactions itself.
+        let stage = match &self.store {
+            Store::Postgres(_) => "postgres",
+            Store::Lmdb(_) => "lmdb",
+            Store::Hybrid(_) => return,
+        };
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => stage).record(d.as_secs_f64());
+    }
+
+    /// Pauses consumption and waits before the next attempt; `Aborted` on a hard stop.
+    async fn back_off(&mut self, backoff: &mut Backoff, cause: &'static str, report: &mut IngestReport) -> Result<(), WriteError> {
+        report.retries += 1;
+        metrics::counter!(names::RETRIES, "cause" => cause).increment(1);
+        self.pause.set(PauseFlags::RETRYING, true);
+        metrics::gauge!(names::PAUSED).set(1.0);
+        let delay = backoff.next_delay(&mut self.rng);
+        tokio::select! {
+            _ = self.abort.cancelled() => Err(WriteError::Aborted),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    fn recovered(&self, backoff: &Backoff) {
+        if backoff.attempts() > 0 {
+            self.pause.set(PauseFlags::RETRYING, false);
+            metrics::gauge!(names::PAUSED).set(0.0);
+            tracing::info!(attempts = backoff.attempts(), "recovered after retries; resuming consumption");
+        }
+    }
+
+    /// Commits, per owned partition, the highest offset of the batch + 1. A partition revoked
+    /// meanwhile (or re-assigned under a new epoch) is not committed: its new owner decides.
+    fn commit(&self, records: &[Record], fates: &[Fate], report: &mut IngestReport) -> Vec<(Tp, i64)> {
+        let mut next: BTreeMap<&Tp, (u64, i64)> = BTreeMap::new();
+        for (r, f) in records.iter().zip(fates) {
+            if matches!(f, Fate::Abandoned) {
+                continue;
+            }
+            let e = next.entry(&r.tp).or_insert((r.epoch, r.offset + 1));
+            e.1 = e.1.max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        let mut committed = Vec::with_capacity(next.len());
+        // Held across the commit call so a revocation cannot slip in between the ownership check
+        // and the commit (the call only enqueues; it does not wait for the broker).
+        let owned = lock(&self.owned);
+        for (tp, (epoch, offset)) in &next {
+            if owned.get(*tp) == Some(epoch) {
+                if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset)) {
+                    tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
+                    continue;
+                }
+                committed.push(((*tp).clone(), *offset));
+            }
+        }
+        if committed.is_empty() {
+            return committed;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            // The stores hold the applied offsets: a restart resumes correctly; only lag is stale
+            // until the next commit supersedes this one.
+            tracing::warn!(error = %e, "Kafka offset commit failed");
+        }
+        drop(owned);
+        {
+            let mut c = lock(&self.committed);
+            for (tp, o) in &committed {
+                c.insert(tp.clone(), *o);
+            }
+        }
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit").record(started.elapsed().as_secs_f64());
+        metrics::counter!(names::BATCHES_COMMITTED).increment(1);
+        let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(names::LAST_COMMIT).set(now_s);
+        let e2e = metrics::histogram!(names::END_TO_END_SECONDS);
+        for (r, f) in records.iter().zip(fates) {
+            if matches!(f, Fate::Abandoned) {
+                continue;
+            }
+            if let Some(ts) = r.timestamp_ms {
+                e2e.record((now_s - ts as f64 / 1000.0).max(0.0));
+            }
+        }
+        report.batches_committed += 1;
+        committed
+    }
+}
+
+fn letter(r: &Record, reason: String, detail: String) -> DeadLetter {
+    DeadLetter {
+        key: r.key.clone(),
+        value: r.value.clone(),
+        reason,
+        detail,
+        source_topic: r.tp.topic.clone(),
+        source_partition: r.tp.partition,
+        source_offset: r.offset,
+    }
+}
+
+/// What to do about a store error: retry, isolate the message, or stop.
+pub fn classify(e: &StoreError) -> ErrorClass {
+    match e {
+        StoreError::Postgres(pg) => pg.class(),
+        StoreError::Lmdb(l) if l.is_retriable() => ErrorClass::Transient,
+        StoreError::Lmdb(_) | StoreError::Task(_) => ErrorClass::Fatal,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
