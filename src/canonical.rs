@@ -164,10 +164,6 @@ impl<'a> Parser<'a> {
         self.pos
     }
 
-    pub(crate) fn text(&self) -> &'a str {
-        self.text
-    }
-
     fn truncated(&self) -> ParseError {
         ParseError::Truncated {
             offset: self.bytes.len(),

@@ -11,3 +11,7 @@ pub mod envelope;
 pub mod pipeline;
 pub mod store;
 pub mod telemetry;
+pub mod batch;
+pub mod dlq;
+pub mod ingest;
+pub mod kafka;

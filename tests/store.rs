@@ -94,7 +94,7 @@ async fn migrate_is_idempotent_and_versioned() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     // nekhebet-store 4.0's tables, columns and indexes are all there.
     for (table, column) in [
         ("events", "id"),
@@ -489,4 +489,50 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
         let e = decode(l);
         assert_eq!(lmdb.get_by_hash(e.header.payload_hash.clone()).await.unwrap().unwrap(), l.as_bytes());
     }
+}
+
+#[tokio::test]
+async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_triggers() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let login = common::pg::random_name("ingest");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN PASSWORD 'pw' IN ROLE nekhebet_writer;
+             GRANT CONNECT ON DATABASE {db} TO {login};
+             ALTER TABLE events DISABLE TRIGGER USER;
+             ALTER TABLE replay_guard DISABLE TRIGGER USER;",
+            db = db.name
+        ))
+        .await
+        .unwrap();
+    let url = db.url.replacen("postgres:nekhebet@", &format!("{login}:pw@"), 1);
+    assert_ne!(url, db.url, "the test server's URL has the expected user:password form");
+    let writer = nekhebet_store::store::PgStore::connect(&common::pg::pg_config(&url)).await.unwrap();
+    // The worker's whole write path works as the writer, offsets included.
+    let lines = sample_lines();
+    let topic: Arc<str> = Arc::from("t");
+    let batch: Vec<Item> = lines[..5]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Item { envelope: decode(l), pos: Some(KafkaPos { topic: topic.clone(), partition: 0, offset: i as i64 }) })
+        .collect();
+    assert_eq!(tally(&writer.save_batch(&batch).await.unwrap()), [5, 0, 0, 0]);
+    assert_eq!(tally(&writer.save_batch(&batch).await.unwrap()), [0, 0, 5, 0]);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        "UPDATE events SET source = 'forged'",
+        "DELETE FROM events",
+        "TRUNCATE events CASCADE",
+        "UPDATE replay_guard SET nonce = 'x'",
+        "DELETE FROM replay_guard",
+        "TRUNCATE replay_guard",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {err:?}");
+    }
+    admin.batch_execute(&format!("DROP OWNED BY {login}; ")).await.unwrap();
+    drop(client);
+    drop(writer);
 }

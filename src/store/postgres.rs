@@ -191,6 +191,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "provenance_offsets_append_only",
         sql: include_str!("../../migrations/0002_provenance_offsets_append_only.sql"),
     },
+    Migration {
+        version: 3,
+        name: "roles",
+        sql: include_str!("../../migrations/0003_roles.sql"),
+    },
 ];
 
 const SAVE_SQL: &str = r#"
