@@ -41,6 +41,10 @@ impl fmt::Display for StoreMode {
 pub enum LmdbLayout {
     /// nekhebet-store 4.0's layout: `events` keyed by content hash (Python readers work).
     Compatible,
+    /// Envelopes appended under the increasing sequence PostgreSQL assigns (`events.seq`); lookups
+    /// go through PostgreSQL's indexes. No random B-tree insert in LMDB on the hot path, so the
+    /// write rate holds when the file outgrows memory. Hybrid mode only; Python cannot read it.
+    Append,
 }
 
 /// Log output format.
@@ -347,6 +351,13 @@ impl Config {
                 "lmdb.max_map_size",
                 self.lmdb.max_map_size,
                 "a size in bytes ≥ lmdb.map_size",
+            ));
+        }
+        if self.lmdb.layout == LmdbLayout::Append && self.store.mode != StoreMode::Hybrid {
+            return Err(invalid(
+                "lmdb.layout",
+                "\"append\"",
+                "\"compatible\" unless store.mode = \"hybrid\" (the append layout needs PostgreSQL's indexes)",
             ));
         }
         if self.limits.max_message_bytes < 1024 {

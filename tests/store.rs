@@ -536,3 +536,34 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
     drop(client);
     drop(writer);
 }
+
+#[tokio::test]
+async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit() {
+    use nekhebet_store::config::LmdbLayout;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = sample_lines();
+    let pg = db.store().await;
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false).await.unwrap();
+    let hybrid = Store::Hybrid(HybridStore::with_layout(pg.clone(), lmdb.clone(), LmdbLayout::Append));
+
+    assert_eq!(tally(&hybrid.save_batch(&items(&lines[..20])).await.unwrap()), [20, 0, 0, 0]);
+    // A crash between the commits: PostgreSQL has 20..50, LMDB not.
+    pg.save_batch(&items(&lines[20..50])).await.unwrap();
+    assert_eq!(lmdb.last_seq().await.unwrap(), pg.seq_by_id(decode(&lines[19]).header.id).await.unwrap().unwrap());
+    // Redelivery heals: the lost blobs are appended under their seq, new ones follow.
+    let outcomes = hybrid.save_batch(&items(&lines[..80])).await.unwrap();
+    assert_eq!(tally(&outcomes), [30, 0, 0, 50]);
+    for l in &lines[..80] {
+        let e = decode(l);
+        let seq = pg.seq_by_id(e.header.id).await.unwrap().unwrap();
+        assert_eq!(lmdb.get_seq(seq).await.unwrap().unwrap(), l.as_bytes(), "blob under seq {seq}");
+        assert_eq!(hybrid.get(e.header.id).await.unwrap().unwrap(), l.as_bytes());
+        assert_eq!(hybrid.get_by_hash(&e.header.payload_hash).await.unwrap().unwrap(), l.as_bytes());
+    }
+    // A duplicate appends nothing.
+    let last = lmdb.last_seq().await.unwrap();
+    let dup = with_header(&lines[0], &[("nonce", &new_nonce()), ("id", &uuid::Uuid::new_v4().to_string())]);
+    assert_eq!(hybrid.save_batch(&items(&[dup])).await.unwrap(), vec![Outcome::Duplicate]);
+    assert_eq!(lmdb.last_seq().await.unwrap(), last);
+}

@@ -43,9 +43,13 @@ pub async fn run(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
 
 /// Compares the two stores; with `repair`, writes PostgreSQL's bytes for every missing blob.
 pub async fn reconcile(store: &Store, repair: bool) -> anyhow::Result<Report> {
-    let (Some(pg), Some(lmdb)) = (store.postgres(), store.lmdb()) else {
+    let crate::store::Store::Hybrid(hybrid) = store else {
         anyhow::bail!("reconcile compares PostgreSQL with LMDB: set store.mode = \"hybrid\"");
     };
+    if hybrid.layout() != crate::config::LmdbLayout::Compatible {
+        anyhow::bail!("reconcile supports lmdb.layout = \"compatible\" only (the append layout heals itself from PostgreSQL's seq on redelivery)");
+    }
+    let (pg, lmdb) = (hybrid.pg(), hybrid.lmdb());
     let (total, _) = pg.counts().await?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(total as u64);

@@ -6,24 +6,31 @@
 //! holds and LMDB lacks gets PostgreSQL's bytes. So a crash between the two commits is repaired by
 //! redelivery, and LMDB always holds exactly PostgreSQL's bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use uuid::Uuid;
 
 use super::lmdb::BlobBatch;
 use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, StoreError};
+use crate::config::LmdbLayout;
 use crate::telemetry::names;
 
 #[derive(Clone)]
 pub struct HybridStore {
     pg: PgStore,
     lmdb: LmdbStore,
+    layout: LmdbLayout,
 }
 
 impl HybridStore {
+    /// The nekhebet-store 4.0 compatible layout (blobs keyed by content hash).
     pub fn new(pg: PgStore, lmdb: LmdbStore) -> HybridStore {
-        HybridStore { pg, lmdb }
+        Self::with_layout(pg, lmdb, LmdbLayout::Compatible)
+    }
+
+    pub fn with_layout(pg: PgStore, lmdb: LmdbStore, layout: LmdbLayout) -> HybridStore {
+        HybridStore { pg, lmdb, layout }
     }
 
     pub fn pg(&self) -> &PgStore {
@@ -34,17 +41,76 @@ impl HybridStore {
         &self.lmdb
     }
 
+    pub fn layout(&self) -> LmdbLayout {
+        self.layout
+    }
+
     pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
         let started = Instant::now();
-        let outcomes = self.pg.save_batch(items).await?;
+        let (outcomes, seqs) = self.pg.save_batch_with_seqs(items).await?;
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "postgres")
             .record(started.elapsed().as_secs_f64());
         failpoint("after_postgres_commit");
 
         let started = Instant::now();
-        let mut batch = BlobBatch::default();
+        match self.layout {
+            LmdbLayout::Compatible => self.write_compatible(items, &outcomes).await?,
+            LmdbLayout::Append => self.write_append(items, &outcomes, &seqs).await?,
+        }
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => "lmdb")
+            .record(started.elapsed().as_secs_f64());
+        Ok(outcomes)
+    }
+
+    async fn write_append(
+        &self,
+        items: &[Item],
+        outcomes: &[Outcome],
+        seqs: &HashMap<String, i64>,
+    ) -> Result<(), StoreError> {
+        let mut blobs = Vec::new();
+        let mut others = Vec::new();
+        for (item, outcome) in items.iter().zip(outcomes) {
+            let h = &item.envelope.header;
+            match (outcome, seqs.get(&h.payload_hash)) {
+                (Outcome::Stored, Some(&seq)) => blobs.push((seq, item.envelope.bytes.clone())),
+                (Outcome::Stored, None)
+                | (Outcome::Duplicate | Outcome::Redelivered | Outcome::Replay, _) => {
+                    others.push(h.payload_hash.clone())
+                }
+            }
+        }
+        if !others.is_empty() {
+            // Everything at or below LMDB's last seq is in LMDB (our seqs only grow); what
+            // PostgreSQL holds above it for these hashes was lost between two commits.
+            others.sort_unstable();
+            others.dedup();
+            let last = self.lmdb.last_seq().await?;
+            let stored_now: HashSet<i64> = blobs.iter().map(|b| b.0).collect();
+            let healed: Vec<(i64, Vec<u8>)> = self
+                .pg
+                .envelopes_after_seq(&others, last)
+                .await?
+                .into_iter()
+                .filter(|(s, _)| !stored_now.contains(s))
+                .collect();
+            if !healed.is_empty() {
+                tracing::warn!(count = healed.len(), "healing LMDB: blobs PostgreSQL holds were missing");
+                metrics::counter!(names::LMDB_HEALED).increment(healed.len() as u64);
+            }
+            blobs.extend(healed.into_iter().map(|(s, b)| (s, bytes::Bytes::from(b))));
+        }
+        self.lmdb.append_blobs(blobs, highest_offsets(items)).await?;
+        Ok(())
+    }
+
+    async fn write_compatible(&self, items: &[Item], outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let mut batch = BlobBatch {
+            blobs: Vec::new(),
+            offsets: highest_offsets(items),
+        };
         let mut others: Vec<String> = Vec::new();
-        for (item, outcome) in items.iter().zip(&outcomes) {
+        for (item, outcome) in items.iter().zip(outcomes) {
             let h = &item.envelope.header;
             match outcome {
                 Outcome::Stored => batch
@@ -55,18 +121,6 @@ impl HybridStore {
                 }
             }
         }
-        let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
-        for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
-            let e = highest
-                .entry((&pos.topic, pos.partition))
-                .or_insert(pos.offset);
-            *e = (*e).max(pos.offset);
-        }
-        batch.offsets = highest
-            .into_iter()
-            .map(|((t, p), o)| (t.to_string(), p, o))
-            .collect();
-
         if !others.is_empty() {
             others.sort_unstable();
             others.dedup();
@@ -74,10 +128,7 @@ impl HybridStore {
             if !missing.is_empty() {
                 let healed = self.pg.envelopes_by_hash(&missing).await?;
                 if !healed.is_empty() {
-                    tracing::warn!(
-                        count = healed.len(),
-                        "healing LMDB: blobs PostgreSQL holds were missing"
-                    );
+                    tracing::warn!(count = healed.len(), "healing LMDB: blobs PostgreSQL holds were missing");
                     metrics::counter!(names::LMDB_HEALED).increment(healed.len() as u64);
                 }
                 batch
@@ -86,9 +137,7 @@ impl HybridStore {
             }
         }
         self.lmdb.put_blobs(batch).await?;
-        metrics::histogram!(names::STAGE_SECONDS, "stage" => "lmdb")
-            .record(started.elapsed().as_secs_f64());
-        Ok(outcomes)
+        Ok(())
     }
 
     pub async fn applied_offsets(
@@ -109,7 +158,14 @@ impl HybridStore {
         let Some(meta) = self.pg.get_metadata(id).await? else {
             return Ok(None);
         };
-        if let Some(blob) = self.lmdb.get_by_hash(meta.content_hash.clone()).await? {
+        let blob = match self.layout {
+            LmdbLayout::Compatible => self.lmdb.get_by_hash(meta.content_hash.clone()).await?,
+            LmdbLayout::Append => match self.pg.seq_by_id(id).await? {
+                Some(seq) => self.lmdb.get_seq(seq).await?,
+                None => None,
+            },
+        };
+        if let Some(blob) = blob {
             return Ok(Some(blob));
         }
         metrics::counter!(names::LMDB_FALLBACKS).increment(1);
@@ -118,11 +174,28 @@ impl HybridStore {
     }
 
     pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(blob) = self.lmdb.get_by_hash(hash.to_string()).await? {
+        let blob = match self.layout {
+            LmdbLayout::Compatible => self.lmdb.get_by_hash(hash.to_string()).await?,
+            LmdbLayout::Append => match self.pg.seq_by_hash(hash).await? {
+                Some(seq) => self.lmdb.get_seq(seq).await?,
+                None => None,
+            },
+        };
+        if let Some(blob) = blob {
             return Ok(Some(blob));
         }
         Ok(self.pg.get_by_hash(hash).await?)
     }
+}
+
+/// Highest offset per (topic, partition) among the items.
+fn highest_offsets(items: &[Item]) -> Vec<(String, i32, i64)> {
+    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+    for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
+        let e = highest.entry((&pos.topic, pos.partition)).or_insert(pos.offset);
+        *e = (*e).max(pos.offset);
+    }
+    highest.into_iter().map(|((t, p), o)| (t.to_string(), p, o)).collect()
 }
 
 /// Test-only crash points: `NEKHEBET_FAILPOINT=<name>` aborts the process there, the way a power

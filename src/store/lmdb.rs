@@ -7,6 +7,9 @@
 //! and databases of ours, which Python never opens:
 //! - `ids`: event id (16 bytes) → content hash, so `get(id)` is a B-tree lookup, not Python's scan
 //! - `offsets`: `topic \0 partition(be i32)` → highest applied offset (be i64)
+//! - `blobs` (append layout): PostgreSQL's `events.seq` (be u64) → envelope bytes, written with
+//!   MDB_APPEND: pages fill left to right, nothing is rewritten, so the rate holds when the file
+//!   no longer fits in memory (random hash keys do not: every insert touches a random page)
 //!
 //! Every LMDB call runs on the blocking pool, never on the async runtime. A full map is grown
 //! (doubled, up to `lmdb.max_map_size`) and the transaction retried.
@@ -97,6 +100,7 @@ type Db = Database<Bytes, Bytes>;
 type KvIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
 
 struct Dbs {
+    blobs: Db,
     events: Db,
     replay: Db,
     ids: Db,
@@ -186,6 +190,7 @@ impl LmdbStore {
         let env = unsafe { opts.open(path) }?;
         let mut wtxn = env.write_txn()?;
         let dbs = Dbs {
+            blobs: env.create_database(&mut wtxn, Some("blobs"))?,
             events: env.create_database(&mut wtxn, Some("events"))?,
             replay: env.create_database(&mut wtxn, Some("replay_guard"))?,
             ids: env.create_database(&mut wtxn, Some("ids"))?,
@@ -325,18 +330,51 @@ impl LmdbStore {
                         Err(e) => return Err(e),
                     }
                 }
-                for (topic, partition, offset) in &batch.offsets {
-                    let k = offset_key(topic, *partition);
-                    let current = dbs.offsets.get(wtxn, &k)?.and_then(read_offset);
-                    if current.is_none_or(|c| c < *offset) {
-                        dbs.offsets.put(wtxn, &k, &offset.to_be_bytes())?;
-                    }
-                }
+                write_offsets(dbs, wtxn, &batch.offsets)?;
                 Ok(written)
             })
         })
         .await?
         .map_err(StoreError::Lmdb)
+    }
+
+    /// Append layout: appends blobs under their PostgreSQL seq and advances offsets, in ONE write
+    /// transaction. Seqs at or below the last key are already present and skipped. Returns how
+    /// many blobs were appended.
+    pub async fn append_blobs(&self, mut blobs: Vec<(i64, bytes::Bytes)>, offsets: Vec<(String, i32, i64)>) -> Result<usize, StoreError> {
+        blobs.sort_unstable_by_key(|b| b.0);
+        blobs.dedup_by_key(|b| b.0);
+        let this = self.clone();
+        run_blocking(move || {
+            this.write(|dbs, wtxn| {
+                let last = dbs.blobs.last(wtxn)?.and_then(|(k, _)| read_offset(k));
+                let mut written = 0;
+                for (seq, blob) in blobs.iter().filter(|b| last.is_none_or(|l| b.0 > l)) {
+                    dbs.blobs.put_with_flags(wtxn, PutFlags::APPEND, &seq.to_be_bytes(), blob)?;
+                    written += 1;
+                }
+                write_offsets(dbs, wtxn, &offsets)?;
+                Ok(written)
+            })
+        })
+        .await?
+        .map_err(StoreError::Lmdb)
+    }
+
+    /// Append layout: the highest seq held (0 when empty).
+    pub async fn last_seq(&self) -> Result<i64, StoreError> {
+        let this = self.clone();
+        run_blocking(move || this.read(|dbs, rtxn| Ok(dbs.blobs.last(rtxn)?.and_then(|(k, _)| read_offset(k)).unwrap_or(0))))
+            .await?
+            .map_err(StoreError::Lmdb)
+    }
+
+    /// Append layout: the blob stored under `seq`.
+    pub async fn get_seq(&self, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let this = self.clone();
+        run_blocking(move || this.read(|dbs, rtxn| Ok(dbs.blobs.get(rtxn, &seq.to_be_bytes())?.map(<[u8]>::to_vec))))
+            .await?
+            .map_err(StoreError::Lmdb)
     }
 
     /// Which of these content hashes have no blob.
@@ -490,6 +528,18 @@ impl LmdbStore {
     pub fn is_standalone(&self) -> bool {
         self.inner.standalone
     }
+}
+
+/// Advances stored offsets (never backwards).
+fn write_offsets(dbs: &Dbs, wtxn: &mut RwTxn, offsets: &[(String, i32, i64)]) -> Result<(), heed::Error> {
+    for (topic, partition, offset) in offsets {
+        let k = offset_key(topic, *partition);
+        let current = dbs.offsets.get(wtxn, &k)?.and_then(read_offset);
+        if current.is_none_or(|c| c < *offset) {
+            dbs.offsets.put(wtxn, &k, &offset.to_be_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 fn page_align(size: u64) -> usize {

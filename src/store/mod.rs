@@ -135,9 +135,10 @@ impl Store {
         Ok(match config.store.mode {
             StoreMode::Postgres => Store::Postgres(PgStore::connect(&config.postgres).await?),
             StoreMode::Lmdb => Store::Lmdb(LmdbStore::open(&config.lmdb, true).await?),
-            StoreMode::Hybrid => Store::Hybrid(HybridStore::new(
+            StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
                 PgStore::connect(&config.postgres).await?,
                 LmdbStore::open(&config.lmdb, false).await?,
+                config.lmdb.layout,
             )),
         })
     }

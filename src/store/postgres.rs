@@ -224,7 +224,7 @@ stored AS (
            kafka_topic, kafka_partition, kafka_offset, key_id, nonce
     FROM fresh ORDER BY ord
     ON CONFLICT (content_hash) DO NOTHING
-    RETURNING content_hash
+    RETURNING content_hash, seq
 ),
 progress AS (
     INSERT INTO nekhebet_consumer_offsets AS o (topic, partition, applied_offset)
@@ -232,9 +232,9 @@ progress AS (
     ON CONFLICT (topic, partition) DO UPDATE
         SET applied_offset = GREATEST(o.applied_offset, EXCLUDED.applied_offset), updated_at = now()
 )
-SELECT 'g' AS k, key_id || ':' || nonce AS v FROM guard
+SELECT 'g' AS k, key_id || ':' || nonce AS v, NULL::bigint AS seq FROM guard
 UNION ALL
-SELECT 's', content_hash FROM stored
+SELECT 's', content_hash, seq FROM stored
 "#;
 
 /// The PostgreSQL repository (a connection pool).
@@ -326,6 +326,12 @@ impl PgStore {
 
     /// Saves a batch in ONE transaction; see the module docs. Outcomes are in item order.
     pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, PgError> {
+        Ok(self.save_batch_with_seqs(items).await?.0)
+    }
+
+    /// [`PgStore::save_batch`], also returning the `seq` PostgreSQL assigned to each stored
+    /// content hash (the key of the append-only LMDB layout).
+    pub async fn save_batch_with_seqs(&self, items: &[Item]) -> Result<(Vec<Outcome>, HashMap<String, i64>), PgError> {
         let mut client = self.pool.get().await?;
         let lock_stmt = client
             .prepare_cached(
@@ -425,14 +431,14 @@ impl PgStore {
         tx.commit().await?;
 
         let mut guarded: HashSet<String> = HashSet::new();
-        let mut stored: HashSet<String> = HashSet::new();
+        let mut stored: HashMap<String, i64> = HashMap::new();
         for row in rows {
             let k: &str = row.get(0);
             let v: String = row.get(1);
             if k == "g" {
                 guarded.insert(v);
             } else {
-                stored.insert(v);
+                stored.insert(v, row.get(2));
             }
         }
 
@@ -446,7 +452,7 @@ impl PgStore {
                 o
             } else if !guarded.contains(&format!("{}:{}", h.key_id, h.nonce)) {
                 Outcome::Replay
-            } else if stored.contains(&h.payload_hash) && claimed.insert(h.payload_hash.as_str()) {
+            } else if stored.contains_key(&h.payload_hash) && claimed.insert(h.payload_hash.as_str()) {
                 // Mirrors the SQL's DISTINCT ON: the first surviving occurrence was the one inserted.
                 Outcome::Stored
             } else {
@@ -454,7 +460,7 @@ impl PgStore {
             };
             outcomes.push(outcome);
         }
-        Ok(outcomes)
+        Ok((outcomes, stored))
     }
 
     /// Highest applied offset per partition, as recorded with the batches.
@@ -495,6 +501,38 @@ impl PgStore {
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// `seq` of the event with this id (append layout lookups).
+    pub async fn seq_by_id(&self, id: Uuid) -> Result<Option<i64>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt("SELECT seq FROM events WHERE id = $1", &[&id]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// `seq` of the event with this content hash (append layout lookups).
+    pub async fn seq_by_hash(&self, hash: &str) -> Result<Option<i64>, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT seq FROM events WHERE content_hash = $1", &[&hash])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// (seq, envelope) of those content hashes stored with a seq above `after`, in seq order: the
+    /// blobs an append-layout LMDB may lack after a crash between the two commits.
+    pub async fn envelopes_after_seq(&self, hashes: &[String], after: i64) -> Result<Vec<(i64, Vec<u8>)>, PgError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT seq, envelope FROM events WHERE content_hash = ANY($1) AND seq > $2 ORDER BY seq",
+                &[&hashes, &after],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn get_metadata(&self, id: Uuid) -> Result<Option<EventMetadata>, PgError> {
