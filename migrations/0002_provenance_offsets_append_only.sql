@@ -31,18 +31,14 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER IF EXISTS events_append_only ON events;
-CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+CREATE OR REPLACE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION nekhebet_reject_change();
-DROP TRIGGER IF EXISTS events_no_truncate ON events;
-CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION nekhebet_reject_change();
 
 -- replay_guard: rows are never changed; the retention DELETE stays allowed, a TRUNCATE (which
 -- would reopen every replay window at once) does not.
-DROP TRIGGER IF EXISTS replay_guard_no_update ON replay_guard;
-CREATE TRIGGER replay_guard_no_update BEFORE UPDATE ON replay_guard
+CREATE OR REPLACE TRIGGER replay_guard_no_update BEFORE UPDATE ON replay_guard
     FOR EACH ROW EXECUTE FUNCTION nekhebet_reject_change();
-DROP TRIGGER IF EXISTS replay_guard_no_truncate ON replay_guard;
-CREATE TRIGGER replay_guard_no_truncate BEFORE TRUNCATE ON replay_guard
+CREATE OR REPLACE TRIGGER replay_guard_no_truncate BEFORE TRUNCATE ON replay_guard
     FOR EACH STATEMENT EXECUTE FUNCTION nekhebet_reject_change();

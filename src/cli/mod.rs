@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the small commands. `main.rs` only calls [`main`].
 
+mod ceiling;
 mod import;
 pub mod reconcile;
 
@@ -54,6 +55,9 @@ pub enum Command {
     },
     /// Print the effective configuration as TOML, secrets masked.
     Config,
+    /// Benchmark helper: binary COPY + one LMDB transaction of a JSONL file (the ceiling).
+    #[command(name = "bench-ceiling", hide = true)]
+    BenchCeiling(ceiling::CeilingArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +139,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::BenchCeiling(args) => ceiling::run(args, &config).await,
         Command::Reconcile { repair } => reconcile::run(&config, repair).await,
         Command::ReplayGuard(ReplayGuardCommand::Cleanup { older_than }) => {
             let cutoff = parse_cutoff(&older_than, chrono::Utc::now())?;
