@@ -1,23 +1,33 @@
 //! The checks every message goes through before it reaches a store, shared by the Kafka worker
-//! and `import`: strict decode, structural validation and (when enabled) signature verification.
+//! and `import`: strict decode, structural validation and, when `verify.enabled`, signature
+//! verification exactly as nekhebet-core does it (which includes the structural checks).
 //! Pure CPU work: callers run it off the async runtime.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, VerifySettings};
 use crate::envelope::{self, Envelope, Limits, Rejection};
+use crate::verify::{VerifyConfig, Verifier};
 
 /// Decodes, validates and verifies messages.
 pub struct Checker {
     limits: Limits,
+    verifier: Option<Verifier>,
 }
 
 impl Checker {
-    pub fn from_config(config: &Config) -> anyhow::Result<Checker> {
+    pub fn from_config(config: &Config) -> Result<Checker, ConfigError> {
         Ok(Checker {
             limits: Limits {
                 max_message_bytes: config.limits.max_message_bytes,
+            },
+            verifier: if config.verify.enabled {
+                Some(Verifier::new(verify_config(&config.verify)?))
+            } else {
+                None
             },
         })
     }
@@ -26,14 +36,84 @@ impl Checker {
         &self.limits
     }
 
-    /// One verdict per message, in order.
-    pub fn check(&self, raw: Vec<Bytes>, _now: DateTime<Utc>) -> Vec<Result<Envelope, Rejection>> {
-        raw.into_iter()
-            .map(|b| {
-                let env = envelope::decode(b, &self.limits).map_err(|e| e.rejection())?;
-                envelope::validate(&env).map_err(|e| e.rejection())?;
-                Ok(env)
-            })
-            .collect()
+    pub fn verifies(&self) -> bool {
+        self.verifier.is_some()
     }
+
+    /// One verdict per message, in order. Signatures of a batch are verified together (Ed25519
+    /// batch equations across cores).
+    pub fn check(&self, raw: Vec<Bytes>, now: DateTime<Utc>) -> Vec<Result<Envelope, Rejection>> {
+        let decoded: Vec<Result<Envelope, Rejection>> = raw
+            .into_iter()
+            .map(|b| envelope::decode(b, &self.limits).map_err(|e| e.rejection()))
+            .collect();
+        match &self.verifier {
+            None => decoded
+                .into_iter()
+                .map(|r| {
+                    let env = r?;
+                    envelope::validate(&env).map_err(|e| e.rejection())?;
+                    Ok(env)
+                })
+                .collect(),
+            Some(verifier) => {
+                let ok: Vec<&Envelope> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+                let mut verdicts = verifier.verify_batch(&ok, now).into_iter();
+                decoded
+                    .into_iter()
+                    .map(|r| {
+                        let env = r?;
+                        // One verdict per decoded envelope, in the same order.
+                        match verdicts.next() {
+                            Some(Ok(())) => Ok(env),
+                            Some(Err(rejection)) => Err(rejection),
+                            None => Err(Rejection::new("internal", "missing verification verdict")),
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Builds the verifier's configuration, reading `verify.keys_file` if set. Keys must be base64 of
+/// 32 bytes; an error names the key_id.
+pub fn verify_config(settings: &VerifySettings) -> Result<VerifyConfig, ConfigError> {
+    let mut raw = settings.keys.clone();
+    if let Some(path) = &settings.keys_file {
+        #[derive(serde::Deserialize)]
+        struct KeysFile {
+            keys: std::collections::BTreeMap<String, Vec<String>>,
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Load(format!("verify.keys_file {}: cannot read it: {e}", path.display()))
+        })?;
+        let parsed: KeysFile = toml::from_str(&text).map_err(|e| {
+            ConfigError::Load(format!("verify.keys_file {}: expected a [keys] table of key_id = [\"base64 public key\", …]: {e}", path.display()))
+        })?;
+        for (k, v) in parsed.keys {
+            raw.entry(k).or_default().extend(v);
+        }
+    }
+    let keys = if raw.is_empty() {
+        None
+    } else {
+        let mut keys: HashMap<String, Vec<[u8; 32]>> = HashMap::new();
+        for (key_id, list) in raw {
+            for b64 in list {
+                let bytes = envelope::decode_base64(&b64).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+                    ConfigError::Load(format!(
+                        "configuration: `verify.keys.{key_id}` = {b64:?}: expected base64 of a 32-byte Ed25519 public key"
+                    ))
+                })?;
+                keys.entry(key_id.clone()).or_default().push(bytes);
+            }
+        }
+        Some(keys)
+    };
+    Ok(VerifyConfig {
+        clock_skew_s: settings.clock_skew_s,
+        event_types: settings.event_types.clone(),
+        keys,
+    })
 }

@@ -44,6 +44,16 @@ pub enum Command {
         #[arg(long, conflicts_with = "id")]
         hash: Option<String>,
     },
+    /// Verify envelopes offline exactly as nekhebet-core 4.0 does: one wire envelope a line in,
+    /// one JSON verdict a line out, in input order; a summary on stderr. Exit 0 when the input
+    /// could be read, whatever the verdicts.
+    Verify {
+        /// The instant to judge expiry and clock skew at (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<String>,
+        /// JSONL file; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+    },
     /// Replay-guard maintenance.
     #[command(name = "replay-guard", subcommand)]
     ReplayGuard(ReplayGuardCommand),
@@ -138,6 +148,33 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Verify { at, file } => {
+            let at = match at {
+                Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+                    .with_context(|| format!("--at {s:?}: expected an RFC 3339 instant such as 2026-11-25T16:24:49.442Z"))?
+                    .with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            let verifier = crate::verify::Verifier::new(crate::pipeline::verify_config(&config.verify)?);
+            let limits = crate::envelope::Limits { max_message_bytes: config.limits.max_message_bytes };
+            let input: Box<dyn std::io::BufRead> = match &file {
+                Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                )),
+                _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+            };
+            let stdout = std::io::stdout();
+            let summary = crate::verify::verify_lines(input, std::io::BufWriter::new(stdout.lock()), at, &verifier, &limits)
+                .context("reading the input")?;
+            eprintln!(
+                "{} lines: {} valid, {} invalid, {} undecodable",
+                summary.lines, summary.valid, summary.invalid, summary.undecodable
+            );
+            for (reason, n) in &summary.by_reason {
+                eprintln!("  {reason:<30} {n}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::BenchCeiling(args) => ceiling::run(args, &config).await,
         Command::Reconcile { repair } => reconcile::run(&config, repair).await,
