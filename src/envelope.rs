@@ -1043,10 +1043,17 @@ mod tests {
                         assert_eq!(v, Ok(()), "{name}");
                     }
                     if name.starts_with("bad-nonce-") {
-                        assert_eq!(v.as_ref().unwrap_err().reason(), reason::INVALID_NONCE, "{name}");
+                        assert_eq!(
+                            v.as_ref().unwrap_err().reason(),
+                            reason::INVALID_NONCE,
+                            "{name}"
+                        );
                     }
                     if name.starts_with("hash-upper-") {
-                        assert_eq!(v.as_ref().unwrap_err().reason(), reason::INVALID_PAYLOAD_HASH);
+                        assert_eq!(
+                            v.as_ref().unwrap_err().reason(),
+                            reason::INVALID_PAYLOAD_HASH
+                        );
                     }
                 }
             }

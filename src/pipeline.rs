@@ -25,7 +25,7 @@ impl Checker {
                 max_message_bytes: config.limits.max_message_bytes,
             },
             verifier: if config.verify.enabled {
-                Some(Verifier::new(verify_config(&config.verify)?))
+                Some(Verifier::new(verify_config(&config.verify)?).exact_batches(!config.verify.batch_equations))
             } else {
                 None
             },
@@ -67,7 +67,11 @@ impl Checker {
                         match verdicts.next() {
                             Some(Ok(())) => Ok(env),
                             Some(Err(rejection)) => Err(rejection),
-                            None => Err(Rejection::new("internal", "missing verification verdict")),
+                            // verify_batch returns one verdict per input; this arm cannot run.
+                            None => Err(Rejection::new(
+                                crate::envelope::reason::STRUCTURE_INVALID,
+                                "no verification verdict",
+                            )),
                         }
                     })
                     .collect()

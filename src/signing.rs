@@ -71,7 +71,8 @@ pub fn sign(spec: &EnvelopeSpec, key: &SigningKey) -> Vec<u8> {
 /// As [`sign`], for the payload and the extras.
 pub fn sign_with_extras(spec: &EnvelopeSpec, extras: &HeaderExtras, key: &SigningKey) -> Vec<u8> {
     let payload_text = serde_json::to_string(&spec.payload).expect("Value serializes");
-    let payload = canonical::parse(&payload_text).expect("payload numbers must be in msgspec's range");
+    let payload =
+        canonical::parse(&payload_text).expect("payload numbers must be in msgspec's range");
     let mut canonical_payload = Vec::with_capacity(payload_text.len());
     canonical::write_canonical(&payload, &mut canonical_payload);
 
@@ -105,13 +106,18 @@ pub fn sign_with_extras(spec: &EnvelopeSpec, extras: &HeaderExtras, key: &Signin
         context: context_text.clone().map(raw),
         extensions: extensions_text.clone().map(raw),
     };
-    let header_bytes =
-        canonical::canonical_header(&header).expect("header extras must be objects in msgspec's range");
+    let header_bytes = canonical::canonical_header(&header)
+        .expect("header extras must be objects in msgspec's range");
     let signature = key.sign(&header_bytes).to_bytes();
     let public_key = key.verifying_key().to_bytes();
 
     let mut out = Vec::with_capacity(payload_text.len() + 640);
-    write_wire_header(&header, context_text.as_deref(), extensions_text.as_deref(), &mut out);
+    write_wire_header(
+        &header,
+        context_text.as_deref(),
+        extensions_text.as_deref(),
+        &mut out,
+    );
     out.extend_from_slice(b",\"payload\":");
     canonical::write_msgspec(&payload, &mut out);
     out.extend_from_slice(b",\"signature\":{\"signature\":");
@@ -133,7 +139,12 @@ fn random_nonce() -> String {
 }
 
 /// `{"header":{…}` in `EnvelopeHeader`'s field order.
-fn write_wire_header(h: &Header, context: Option<&str>, extensions: Option<&str>, out: &mut Vec<u8>) {
+fn write_wire_header(
+    h: &Header,
+    context: Option<&str>,
+    extensions: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     let field = |out: &mut Vec<u8>, name: &str, value: &str| {
         out.extend_from_slice(b"\"");
         out.extend_from_slice(name.as_bytes());
@@ -227,21 +238,32 @@ fn payload_multiplier(event_type: &str) -> Option<f64> {
     })
 }
 
-fn check_object(field: &'static str, v: &Value, max_canonical: Option<usize>) -> Result<usize, SpecError> {
+fn check_object(
+    field: &'static str,
+    v: &Value,
+    max_canonical: Option<usize>,
+) -> Result<usize, SpecError> {
     let Value::Object(map) = v else {
         return Err(spec_err(field, "must be a JSON object"));
     };
-    if let Some(k) = map.keys().find(|k| RESERVED_PAYLOAD_FIELDS.contains(&k.as_str())) {
+    if let Some(k) = map
+        .keys()
+        .find(|k| RESERVED_PAYLOAD_FIELDS.contains(&k.as_str()))
+    {
         return Err(spec_err(field, format!("reserved field {k:?}")));
     }
     let text = serde_json::to_string(v).expect("Value serializes");
     let tree = canonical::parse(&text).map_err(|e| spec_err(field, e.to_string()))?;
     let estimated = estimate_payload_size(&tree)
         .map_err(|d| spec_err(field, format!("nesting depth {d} exceeds 16")))?;
-    let canonical = canonical::canonical_object_bytes(&tree).map_err(|e| spec_err(field, e.to_string()))?;
+    let canonical =
+        canonical::canonical_object_bytes(&tree).map_err(|e| spec_err(field, e.to_string()))?;
     if let Some(max) = max_canonical {
         if canonical.len() > max {
-            return Err(spec_err(field, format!("canonical size {} exceeds {max}", canonical.len())));
+            return Err(spec_err(
+                field,
+                format!("canonical size {} exceeds {max}", canonical.len()),
+            ));
         }
     }
     Ok(estimated)
@@ -252,12 +274,18 @@ fn check_object(field: &'static str, v: &Value, max_canonical: Option<usize>) ->
 /// the type's policy, canonical sizes, and `expires_at` within 24 h after `issued_at`.
 pub fn check_spec(spec: &EnvelopeSpec, extras: &HeaderExtras) -> Result<(), SpecError> {
     if spec.event_type.chars().count() > MAX_TYPE_CHARS {
-        return Err(spec_err("type", format!("longer than {MAX_TYPE_CHARS} characters")));
+        return Err(spec_err(
+            "type",
+            format!("longer than {MAX_TYPE_CHARS} characters"),
+        ));
     }
     let multiplier = payload_multiplier(&spec.event_type)
         .ok_or_else(|| spec_err("type", "not a registered event type"))?;
     if spec.source.chars().count() > MAX_SOURCE_CHARS {
-        return Err(spec_err("source", format!("longer than {MAX_SOURCE_CHARS} characters")));
+        return Err(spec_err(
+            "source",
+            format!("longer than {MAX_SOURCE_CHARS} characters"),
+        ));
     }
     if !envelope::is_valid_key_id(&spec.key_id) {
         return Err(spec_err("key_id", "must match [A-Za-z0-9_-]{1,64}"));
@@ -270,7 +298,10 @@ pub fn check_spec(spec: &EnvelopeSpec, extras: &HeaderExtras) -> Result<(), Spec
             format!("estimated size {estimated} exceeds the {policy}-byte policy limit"),
         ));
     }
-    for (field, v) in [("context", &extras.context), ("extensions", &extras.extensions)] {
+    for (field, v) in [
+        ("context", &extras.context),
+        ("extensions", &extras.extensions),
+    ] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_null()) {
             check_object(field, v, Some(MAX_HEADER_DICT_CANONICAL_SIZE))?;
         }
@@ -321,7 +352,10 @@ mod tests {
             source: "node-7".into(),
             key_id: "collector-9".into(),
             payload: json!({"seq": 1, "reading": 1e16, "tiny": 1e-7, "big": 18446744073709551616u128.to_string().parse::<serde_json::Number>().unwrap(), "s": "é\u{0}\"\\\u{2028}😀", "nested": {"b": [1.5, -0.0, null, true]}}),
-            issued_at: Some(Utc.with_ymd_and_hms(2026, 11, 25, 16, 0, 0).unwrap() + chrono::Duration::microseconds(123_999)),
+            issued_at: Some(
+                Utc.with_ymd_and_hms(2026, 11, 25, 16, 0, 0).unwrap()
+                    + chrono::Duration::microseconds(123_999),
+            ),
             expires_at: None,
             nonce: None,
             id: None,
@@ -349,13 +383,22 @@ mod tests {
         let mut sig = env.signature;
         sig[0] ^= 1;
         let flipped = text.replace(&sig_b64, &envelope::encode_base64(&sig));
-        assert_eq!(v.verify(&dec(flipped.as_bytes()), at).unwrap_err().reason, reason::SIGNATURE_INVALID);
+        assert_eq!(
+            v.verify(&dec(flipped.as_bytes()), at).unwrap_err().reason,
+            reason::SIGNATURE_INVALID
+        );
         // One byte of the payload.
         let tampered = text.replace("\"seq\":1", "\"seq\":2");
-        assert_eq!(v.verify(&dec(tampered.as_bytes()), at).unwrap_err().reason, reason::HASH_MISMATCH);
+        assert_eq!(
+            v.verify(&dec(tampered.as_bytes()), at).unwrap_err().reason,
+            reason::HASH_MISMATCH
+        );
         // One byte of the header.
         let tampered = text.replace("node-7", "node-8");
-        assert_eq!(v.verify(&dec(tampered.as_bytes()), at).unwrap_err().reason, reason::SIGNATURE_INVALID);
+        assert_eq!(
+            v.verify(&dec(tampered.as_bytes()), at).unwrap_err().reason,
+            reason::SIGNATURE_INVALID
+        );
         // Wire-form-only changes keep the signature and hash valid.
         let reformatted = text.replace("\"reading\":1e16", "\"reading\":10000000000000000.0");
         assert_eq!(v.verify(&dec(reformatted.as_bytes()), at), Ok(()));
@@ -425,7 +468,10 @@ mod tests {
             let mut out = Vec::new();
             canonical::write_msgspec(&canonical::parse(p).unwrap(), &mut out);
             assert_eq!(std::str::from_utf8(&out).unwrap(), p);
-            for raw in [&env.header.context, &env.header.extensions].into_iter().flatten() {
+            for raw in [&env.header.context, &env.header.extensions]
+                .into_iter()
+                .flatten()
+            {
                 let mut out = Vec::new();
                 canonical::write_msgspec(&canonical::parse(raw.get()).unwrap(), &mut out);
                 assert_eq!(std::str::from_utf8(&out).unwrap(), raw.get());
@@ -444,13 +490,19 @@ mod tests {
         check_spec(&s, &extras).unwrap();
         let wire = sign_with_extras(&s, &extras, &key());
         let text = String::from_utf8(wire.clone()).unwrap();
-        assert!(text.contains("\"context\":{\"trace\":\"t1\",\"w\":0.00001}"), "{text}");
+        assert!(
+            text.contains("\"context\":{\"trace\":\"t1\",\"w\":0.00001}"),
+            "{text}"
+        );
         assert!(text.contains("\"expires_at\":\"2026-11-25T17:00:00.123Z\""));
         let env = dec(&wire);
         let v = Verifier::new(VerifyConfig::default());
         assert_eq!(v.verify(&env, env.header.issued_at_ts), Ok(()));
         let ch = String::from_utf8(canonical::canonical_header(&env.header).unwrap()).unwrap();
-        assert!(ch.contains("\"context\":{\"trace\":\"t1\",\"w\":1e-05}"), "{ch}");
+        assert!(
+            ch.contains("\"context\":{\"trace\":\"t1\",\"w\":1e-05}"),
+            "{ch}"
+        );
     }
 
     #[test]
@@ -466,7 +518,10 @@ mod tests {
         assert_eq!(bad(&|s| s.nonce = Some("ABC".into())), "nonce");
         assert_eq!(bad(&|s| s.payload = json!([1])), "payload");
         assert_eq!(bad(&|s| s.payload = json!({"nonce": 1})), "payload");
-        assert_eq!(bad(&|s| s.payload = json!({"blob": "x".repeat(300 * 1024)})), "payload");
+        assert_eq!(
+            bad(&|s| s.payload = json!({"blob": "x".repeat(300 * 1024)})),
+            "payload"
+        );
         assert_eq!(bad(&|s| s.expires_at = s.issued_at), "expires_at");
         assert_eq!(
             bad(&|s| s.expires_at = Some(s.issued_at.unwrap() + chrono::Duration::hours(25))),
