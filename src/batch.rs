@@ -114,7 +114,8 @@ impl<T> Batcher<T> {
     fn add(&mut self, entry: Entry<T>) -> Push {
         debug_assert!(self.sealed.is_none());
         if !self.open.is_empty() && self.bytes.saturating_add(entry.size) > self.limits.max_bytes {
-            self.carry.push_back(entry);
+            // Front: when `take` refills from the carry, this entry came from its front.
+            self.carry.push_front(entry);
             self.sealed = Some(FullReason::Bytes);
             return Push::Full(FullReason::Bytes);
         }

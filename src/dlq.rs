@@ -113,7 +113,9 @@ impl DlqSink {
         let result = match result {
             // Bigger than the producer or the DLQ topic allows: carry everything but the value
             // rather than block the partition forever on a message that can never be published.
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) if letter.value.is_some() => {
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                if letter.value.is_some() =>
+            {
                 tracing::warn!(
                     topic = %topic,
                     source_topic = %letter.source_topic,
@@ -143,7 +145,12 @@ impl DlqSink {
         join_all(letters.iter().map(|l| self.publish(l))).await
     }
 
-    async fn send(&self, topic: &str, letter: &DeadLetter, value: Option<&[u8]>) -> Result<(), KafkaError> {
+    async fn send(
+        &self,
+        topic: &str,
+        letter: &DeadLetter,
+        value: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
         let partition = letter.source_partition.to_string();
         let offset = letter.source_offset.to_string();
         let detail = truncate(&letter.detail, MAX_DETAIL_BYTES);

@@ -17,7 +17,10 @@ use crate::config::KafkaConfig;
 
 /// Settings the ingest loop relies on: offsets are committed by us, after both stores hold the
 /// batch, never by librdkafka on a timer.
-const PINNED_CONSUMER: &[(&str, &str)] = &[("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")];
+const PINNED_CONSUMER: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+];
 
 /// Consumer configuration for the ingest worker.
 pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -127,7 +130,9 @@ pub async fn ensure_topics(
         .iter()
         // -1: the broker's default.replication.factor (KIP-464), so production clusters get
         // their usual replication and a single local broker gets 1.
-        .map(|(name, partitions)| NewTopic::new(name, (*partitions).max(1), TopicReplication::Fixed(-1)))
+        .map(|(name, partitions)| {
+            NewTopic::new(name, (*partitions).max(1), TopicReplication::Fixed(-1))
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(new.iter(), &opts).await?;
@@ -202,8 +207,14 @@ mod tests {
         assert_eq!(get(&c, "bootstrap.servers").as_deref(), Some("b:1"));
         assert_eq!(get(&c, "group.id").as_deref(), Some("g"));
         assert_eq!(get(&c, "enable.auto.commit").as_deref(), Some("false"));
-        assert_eq!(get(&c, "enable.auto.offset.store").as_deref(), Some("false"));
-        assert_eq!(get(&c, "partition.assignment.strategy").as_deref(), Some("cooperative-sticky"));
+        assert_eq!(
+            get(&c, "enable.auto.offset.store").as_deref(),
+            Some("false")
+        );
+        assert_eq!(
+            get(&c, "partition.assignment.strategy").as_deref(),
+            Some("cooperative-sticky")
+        );
         assert_eq!(get(&c, "auto.offset.reset").as_deref(), Some("earliest"));
         assert_eq!(get(&c, "session.timeout.ms").as_deref(), Some("45000"));
     }
@@ -211,10 +222,14 @@ mod tests {
     #[test]
     fn properties_are_applied_last_unchanged_but_cannot_enable_auto_commit() {
         let mut cfg = Config::default().kafka;
-        cfg.properties.insert("security.protocol".into(), "SASL_SSL".into());
-        cfg.properties.insert("auto.offset.reset".into(), "latest".into());
-        cfg.properties.insert("fetch.max.bytes".into(), "1234".into());
-        cfg.properties.insert("enable.auto.commit".into(), "true".into());
+        cfg.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        cfg.properties
+            .insert("auto.offset.reset".into(), "latest".into());
+        cfg.properties
+            .insert("fetch.max.bytes".into(), "1234".into());
+        cfg.properties
+            .insert("enable.auto.commit".into(), "true".into());
         let c = consumer_config(&cfg);
         assert_eq!(get(&c, "security.protocol").as_deref(), Some("SASL_SSL"));
         assert_eq!(get(&c, "auto.offset.reset").as_deref(), Some("latest"));
@@ -242,8 +257,12 @@ mod tests {
         assert!(is_retriable_code(RDKafkaErrorCode::MessageTimedOut));
         assert!(is_retriable_code(RDKafkaErrorCode::NotEnoughReplicas));
         assert!(!is_retriable_code(RDKafkaErrorCode::MessageSizeTooLarge));
-        assert!(!is_retriable_code(RDKafkaErrorCode::TopicAuthorizationFailed));
-        assert!(is_retriable(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)));
+        assert!(!is_retriable_code(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        ));
+        assert!(is_retriable(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::QueueFull
+        )));
         assert!(!is_retriable(&KafkaError::Canceled));
     }
 }

@@ -4,14 +4,17 @@
 //! `ingest`, `dlq`, `telemetry`) own their errors and say which ones are retriable.
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod canonical;
 pub mod cli;
 pub mod config;
-pub mod envelope;
-pub mod pipeline;
-pub mod store;
-pub mod telemetry;
-pub mod batch;
 pub mod dlq;
+pub mod envelope;
 pub mod ingest;
 pub mod kafka;
+pub mod pipeline;
+pub mod produce;
+pub mod signing;
+pub mod store;
+pub mod telemetry;
+pub mod verify;

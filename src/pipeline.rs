@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, ConfigError, VerifySettings};
 use crate::envelope::{self, Envelope, Limits, Rejection};
-use crate::verify::{VerifyConfig, Verifier};
+use crate::telemetry::names;
+use crate::verify::{Verifier, VerifyConfig};
 
 /// Decodes, validates and verifies messages.
 pub struct Checker {
@@ -25,7 +26,10 @@ impl Checker {
                 max_message_bytes: config.limits.max_message_bytes,
             },
             verifier: if config.verify.enabled {
-                Some(Verifier::new(verify_config(&config.verify)?).exact_batches(!config.verify.batch_equations))
+                Some(
+                    Verifier::new(verify_config(&config.verify)?)
+                        .exact_batches(!config.verify.batch_equations),
+                )
             } else {
                 None
             },
@@ -43,10 +47,30 @@ impl Checker {
     /// One verdict per message, in order. Signatures of a batch are verified together (Ed25519
     /// batch equations across cores).
     pub fn check(&self, raw: Vec<Bytes>, now: DateTime<Utc>) -> Vec<Result<Envelope, Rejection>> {
+        let started = std::time::Instant::now();
         let decoded: Vec<Result<Envelope, Rejection>> = raw
             .into_iter()
             .map(|b| envelope::decode(b, &self.limits).map_err(|e| e.rejection()))
             .collect();
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => "decode")
+            .record(started.elapsed().as_secs_f64());
+        let started = std::time::Instant::now();
+        let verdicts = self.validate_or_verify(decoded, now);
+        let stage = if self.verifier.is_some() {
+            "verify"
+        } else {
+            "validate"
+        };
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => stage)
+            .record(started.elapsed().as_secs_f64());
+        verdicts
+    }
+
+    fn validate_or_verify(
+        &self,
+        decoded: Vec<Result<Envelope, Rejection>>,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Envelope, Rejection>> {
         match &self.verifier {
             None => decoded
                 .into_iter()
@@ -90,7 +114,10 @@ pub fn verify_config(settings: &VerifySettings) -> Result<VerifyConfig, ConfigEr
             keys: std::collections::BTreeMap<String, Vec<String>>,
         }
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::Load(format!("verify.keys_file {}: cannot read it: {e}", path.display()))
+            ConfigError::Load(format!(
+                "verify.keys_file {}: cannot read it: {e}",
+                path.display()
+            ))
         })?;
         let parsed: KeysFile = toml::from_str(&text).map_err(|e| {
             ConfigError::Load(format!("verify.keys_file {}: expected a [keys] table of key_id = [\"base64 public key\", …]: {e}", path.display()))

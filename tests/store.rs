@@ -463,7 +463,9 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
     let dir = tempfile::tempdir().unwrap();
     let lines = sample_lines();
     let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false).await.unwrap();
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+        .await
+        .unwrap();
     let store = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
     pg.save_batch(&items(&lines[..50])).await.unwrap();
     let mut blobs: Vec<(String, Bytes)> = lines[..40]
@@ -472,13 +474,21 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
         .collect();
     blobs[3].1 = Bytes::from_static(b"{\"not\":\"the same\"}");
     blobs.push(("f".repeat(64), Bytes::from_static(b"orphan")));
-    lmdb.put_blobs(BlobBatch { blobs, offsets: vec![] }).await.unwrap();
+    lmdb.put_blobs(BlobBatch {
+        blobs,
+        offsets: vec![],
+    })
+    .await
+    .unwrap();
 
     let report = reconcile(&store, false).await.unwrap();
     assert_eq!(report.compared, 40);
     assert_eq!(report.missing.len(), 10);
     assert_eq!(report.orphans, vec!["f".repeat(64)]);
-    assert_eq!(report.differing, vec![decode(&lines[3]).header.payload_hash]);
+    assert_eq!(
+        report.differing,
+        vec![decode(&lines[3]).header.payload_hash]
+    );
     assert_eq!(report.repaired, 0);
 
     let repaired = reconcile(&store, true).await.unwrap();
@@ -487,7 +497,13 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
     assert_eq!((after.compared, after.missing.len()), (50, 0));
     for l in &lines[40..50] {
         let e = decode(l);
-        assert_eq!(lmdb.get_by_hash(e.header.payload_hash.clone()).await.unwrap().unwrap(), l.as_bytes());
+        assert_eq!(
+            lmdb.get_by_hash(e.header.payload_hash.clone())
+                .await
+                .unwrap()
+                .unwrap(),
+            l.as_bytes()
+        );
     }
 }
 
@@ -506,20 +522,42 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
         ))
         .await
         .unwrap();
-    let url = db.url.replacen("postgres:nekhebet@", &format!("{login}:pw@"), 1);
-    assert_ne!(url, db.url, "the test server's URL has the expected user:password form");
-    let writer = nekhebet_store::store::PgStore::connect(&common::pg::pg_config(&url)).await.unwrap();
+    let url = db
+        .url
+        .replacen("postgres:nekhebet@", &format!("{login}:pw@"), 1);
+    assert_ne!(
+        url, db.url,
+        "the test server's URL has the expected user:password form"
+    );
+    let writer = nekhebet_store::store::PgStore::connect(&common::pg::pg_config(&url))
+        .await
+        .unwrap();
     // The worker's whole write path works as the writer, offsets included.
     let lines = sample_lines();
     let topic: Arc<str> = Arc::from("t");
     let batch: Vec<Item> = lines[..5]
         .iter()
         .enumerate()
-        .map(|(i, l)| Item { envelope: decode(l), pos: Some(KafkaPos { topic: topic.clone(), partition: 0, offset: i as i64 }) })
+        .map(|(i, l)| Item {
+            envelope: decode(l),
+            pos: Some(KafkaPos {
+                topic: topic.clone(),
+                partition: 0,
+                offset: i as i64,
+            }),
+        })
         .collect();
-    assert_eq!(tally(&writer.save_batch(&batch).await.unwrap()), [5, 0, 0, 0]);
-    assert_eq!(tally(&writer.save_batch(&batch).await.unwrap()), [0, 0, 5, 0]);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    assert_eq!(
+        tally(&writer.save_batch(&batch).await.unwrap()),
+        [5, 0, 0, 0]
+    );
+    assert_eq!(
+        tally(&writer.save_batch(&batch).await.unwrap()),
+        [0, 0, 5, 0]
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     for sql in [
         "UPDATE events SET source = 'forged'",
@@ -530,9 +568,16 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
         "TRUNCATE replay_guard",
     ] {
         let err = client.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {err:?}");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err:?}"
+        );
     }
-    admin.batch_execute(&format!("DROP OWNED BY {login}; ")).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP OWNED BY {login}; "))
+        .await
+        .unwrap();
     drop(client);
     drop(writer);
 }
@@ -544,26 +589,64 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
     let dir = tempfile::tempdir().unwrap();
     let lines = sample_lines();
     let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false).await.unwrap();
-    let hybrid = Store::Hybrid(HybridStore::with_layout(pg.clone(), lmdb.clone(), LmdbLayout::Append));
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+        .await
+        .unwrap();
+    let hybrid = Store::Hybrid(HybridStore::with_layout(
+        pg.clone(),
+        lmdb.clone(),
+        LmdbLayout::Append,
+    ));
 
-    assert_eq!(tally(&hybrid.save_batch(&items(&lines[..20])).await.unwrap()), [20, 0, 0, 0]);
+    assert_eq!(
+        tally(&hybrid.save_batch(&items(&lines[..20])).await.unwrap()),
+        [20, 0, 0, 0]
+    );
     // A crash between the commits: PostgreSQL has 20..50, LMDB not.
     pg.save_batch(&items(&lines[20..50])).await.unwrap();
-    assert_eq!(lmdb.last_seq().await.unwrap(), pg.seq_by_id(decode(&lines[19]).header.id).await.unwrap().unwrap());
+    assert_eq!(
+        lmdb.last_seq().await.unwrap(),
+        pg.seq_by_id(decode(&lines[19]).header.id)
+            .await
+            .unwrap()
+            .unwrap()
+    );
     // Redelivery heals: the lost blobs are appended under their seq, new ones follow.
     let outcomes = hybrid.save_batch(&items(&lines[..80])).await.unwrap();
     assert_eq!(tally(&outcomes), [30, 0, 0, 50]);
     for l in &lines[..80] {
         let e = decode(l);
         let seq = pg.seq_by_id(e.header.id).await.unwrap().unwrap();
-        assert_eq!(lmdb.get_seq(seq).await.unwrap().unwrap(), l.as_bytes(), "blob under seq {seq}");
-        assert_eq!(hybrid.get(e.header.id).await.unwrap().unwrap(), l.as_bytes());
-        assert_eq!(hybrid.get_by_hash(&e.header.payload_hash).await.unwrap().unwrap(), l.as_bytes());
+        assert_eq!(
+            lmdb.get_seq(seq).await.unwrap().unwrap(),
+            l.as_bytes(),
+            "blob under seq {seq}"
+        );
+        assert_eq!(
+            hybrid.get(e.header.id).await.unwrap().unwrap(),
+            l.as_bytes()
+        );
+        assert_eq!(
+            hybrid
+                .get_by_hash(&e.header.payload_hash)
+                .await
+                .unwrap()
+                .unwrap(),
+            l.as_bytes()
+        );
     }
     // A duplicate appends nothing.
     let last = lmdb.last_seq().await.unwrap();
-    let dup = with_header(&lines[0], &[("nonce", &new_nonce()), ("id", &uuid::Uuid::new_v4().to_string())]);
-    assert_eq!(hybrid.save_batch(&items(&[dup])).await.unwrap(), vec![Outcome::Duplicate]);
+    let dup = with_header(
+        &lines[0],
+        &[
+            ("nonce", &new_nonce()),
+            ("id", &uuid::Uuid::new_v4().to_string()),
+        ],
+    );
+    assert_eq!(
+        hybrid.save_batch(&items(&[dup])).await.unwrap(),
+        vec![Outcome::Duplicate]
+    );
     assert_eq!(lmdb.last_seq().await.unwrap(), last);
 }

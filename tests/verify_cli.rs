@@ -8,12 +8,17 @@ use base64::Engine;
 
 #[test]
 fn verify_command_agrees_with_nekhebet_core_on_every_vector() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/nekhebet-core-4.0.0.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/vectors/nekhebet-core-4.0.0.jsonl"
+    );
     let text = std::fs::read_to_string(path).expect("../shared/vectors beside the repository");
     let mut checked = 0;
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let wire = base64::engine::general_purpose::STANDARD.decode(v["wire"].as_str().unwrap()).unwrap();
+        let wire = base64::engine::general_purpose::STANDARD
+            .decode(v["wire"].as_str().unwrap())
+            .unwrap();
         // One envelope a line: a wire form containing a newline cannot be given on one line.
         if wire.contains(&b'\n') {
             continue;
@@ -45,7 +50,10 @@ fn verify_command_agrees_with_nekhebet_core_on_every_vector() {
 
 #[test]
 fn verify_command_reads_files_in_order_and_summarises() {
-    let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples/envelopes-2000.jsonl");
+    let samples = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/samples/envelopes-2000.jsonl"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_nekhebet-store"))
         .args(["verify", "--at", "2026-11-25T17:00:00Z", samples])
         .output()
@@ -61,5 +69,6 @@ fn verify_command_reads_files_in_order_and_summarises() {
         assert_eq!(l["line"], i + 1);
         assert_eq!(l["verdict"], "valid");
     }
-    assert!(String::from_utf8_lossy(&out.stderr).contains("2000 lines: 2000 valid, 0 invalid, 0 undecodable"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("2000 lines: 2000 valid, 0 invalid, 0 undecodable"));
 }

@@ -24,7 +24,8 @@ pub struct CeilingArgs {
 }
 
 pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::process::ExitCode> {
-    let text = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let limits = Limits {
         max_message_bytes: config.limits.max_message_bytes,
     };
@@ -33,9 +34,15 @@ pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::proc
         .filter(|l| !l.is_empty())
         .filter_map(|l| envelope::decode(Bytes::copy_from_slice(l), &limits).ok())
         .collect();
-    anyhow::ensure!(!envs.is_empty(), "no decodable envelope in {}", args.file.display());
+    anyhow::ensure!(
+        !envs.is_empty(),
+        "no decodable envelope in {}",
+        args.file.display()
+    );
 
-    let pg = PgStore::connect(&config.postgres).await.context("connecting to PostgreSQL")?;
+    let pg = PgStore::connect(&config.postgres)
+        .await
+        .context("connecting to PostgreSQL")?;
     pg.migrate().await?;
     let mut client = pg.pool().get().await?;
     let started = Instant::now();
@@ -48,7 +55,10 @@ pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::proc
         pin_mut!(writer);
         for e in &envs {
             let h = &e.header;
-            writer.as_mut().write(&[&h.key_id, &h.nonce, &h.issued_at_ts]).await?;
+            writer
+                .as_mut()
+                .write(&[&h.key_id, &h.nonce, &h.issued_at_ts])
+                .await?;
         }
         writer.finish().await?;
     }
@@ -121,15 +131,27 @@ fn lmdb_one_txn(config: &Config, envs: &[crate::envelope::Envelope]) -> anyhow::
     let mut wtxn = env.write_txn()?;
     match config.lmdb.layout {
         LmdbLayout::Compatible => {
-            let db: heed::Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("events"))?;
+            let db: heed::Database<RawBytes, RawBytes> =
+                env.create_database(&mut wtxn, Some("events"))?;
             for e in envs {
-                db.put_with_flags(&mut wtxn, heed::PutFlags::NO_OVERWRITE, e.header.payload_hash.as_bytes(), &e.bytes)?;
+                db.put_with_flags(
+                    &mut wtxn,
+                    heed::PutFlags::NO_OVERWRITE,
+                    e.header.payload_hash.as_bytes(),
+                    &e.bytes,
+                )?;
             }
         }
         LmdbLayout::Append => {
-            let db: heed::Database<RawBytes, RawBytes> = env.create_database(&mut wtxn, Some("blobs"))?;
+            let db: heed::Database<RawBytes, RawBytes> =
+                env.create_database(&mut wtxn, Some("blobs"))?;
             for (seq, e) in envs.iter().enumerate() {
-                db.put_with_flags(&mut wtxn, heed::PutFlags::APPEND, &(seq as u64 + 1).to_be_bytes(), &e.bytes)?;
+                db.put_with_flags(
+                    &mut wtxn,
+                    heed::PutFlags::APPEND,
+                    &(seq as u64 + 1).to_be_bytes(),
+                    &e.bytes,
+                )?;
             }
         }
     }

@@ -31,6 +31,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the ingestion worker until SIGINT/SIGTERM (or --until-caught-up).
+    Ingest(crate::ingest::IngestArgs),
+    /// Publish signed development envelopes (or the lines of a JSONL file) to Kafka.
+    Produce(crate::produce::ProduceArgs),
     /// Apply the embedded PostgreSQL migrations (idempotent).
     Migrate,
     /// Import JSONL envelopes (one a line) through the same batch path as the worker.
@@ -117,6 +121,8 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Ingest(a) => crate::ingest::command(a, &config).await,
+        Command::Produce(a) => crate::produce::command(a, &config).await,
         Command::Migrate => {
             let pg = PgStore::connect(&config.postgres)
                 .await
@@ -156,8 +162,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     .with_timezone(&chrono::Utc),
                 None => chrono::Utc::now(),
             };
-            let verifier = crate::verify::Verifier::new(crate::pipeline::verify_config(&config.verify)?);
-            let limits = crate::envelope::Limits { max_message_bytes: config.limits.max_message_bytes };
+            let verifier =
+                crate::verify::Verifier::new(crate::pipeline::verify_config(&config.verify)?);
+            let limits = crate::envelope::Limits {
+                max_message_bytes: config.limits.max_message_bytes,
+            };
             let input: Box<dyn std::io::BufRead> = match &file {
                 Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
                     std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
@@ -165,8 +174,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 _ => Box::new(std::io::BufReader::new(std::io::stdin())),
             };
             let stdout = std::io::stdout();
-            let summary = crate::verify::verify_lines(input, std::io::BufWriter::new(stdout.lock()), at, &verifier, &limits)
-                .context("reading the input")?;
+            let summary = crate::verify::verify_lines(
+                input,
+                std::io::BufWriter::new(stdout.lock()),
+                at,
+                &verifier,
+                &limits,
+            )
+            .context("reading the input")?;
             eprintln!(
                 "{} lines: {} valid, {} invalid, {} undecodable",
                 summary.lines, summary.valid, summary.invalid, summary.undecodable

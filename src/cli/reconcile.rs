@@ -28,17 +28,33 @@ pub async fn run(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
     let store = Store::open(config).await.context("opening the store")?;
     let report = reconcile(&store, repair).await?;
     println!("compared   {}", report.compared);
-    println!("missing    {} (in PostgreSQL, not in LMDB)", report.missing.len());
-    println!("orphans    {} (in LMDB, not in PostgreSQL)", report.orphans.len());
+    println!(
+        "missing    {} (in PostgreSQL, not in LMDB)",
+        report.missing.len()
+    );
+    println!(
+        "orphans    {} (in LMDB, not in PostgreSQL)",
+        report.orphans.len()
+    );
     println!("differing  {}", report.differing.len());
     println!("repaired   {}", report.repaired);
-    for (what, list) in [("missing", &report.missing), ("orphan", &report.orphans), ("differing", &report.differing)] {
+    for (what, list) in [
+        ("missing", &report.missing),
+        ("orphan", &report.orphans),
+        ("differing", &report.differing),
+    ] {
         for h in list.iter().take(20) {
             println!("  {what} {h}");
         }
     }
-    let unrepaired = report.missing.len() as u64 - report.repaired + report.orphans.len() as u64 + report.differing.len() as u64;
-    Ok(if unrepaired == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let unrepaired = report.missing.len() as u64 - report.repaired
+        + report.orphans.len() as u64
+        + report.differing.len() as u64;
+    Ok(if unrepaired == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Compares the two stores; with `repair`, writes PostgreSQL's bytes for every missing blob.
@@ -82,7 +98,9 @@ pub async fn reconcile(store: &Store, repair: bool) -> anyhow::Result<Report> {
             (None, None) => break,
             (Some((h, bytes)), None) => {
                 report.missing.push(h.clone());
-                repairs.blobs.push((h.clone(), bytes::Bytes::from(bytes.clone())));
+                repairs
+                    .blobs
+                    .push((h.clone(), bytes::Bytes::from(bytes.clone())));
                 next_pg = pg_rows.next().await.transpose()?;
                 bar.inc(1);
             }
@@ -94,7 +112,9 @@ pub async fn reconcile(store: &Store, repair: bool) -> anyhow::Result<Report> {
             (Some((ph, pbytes)), Some((lh, lbytes))) => match ph.as_str().cmp(lh.as_str()) {
                 std::cmp::Ordering::Less => {
                     report.missing.push(ph.clone());
-                    repairs.blobs.push((ph.clone(), bytes::Bytes::from(pbytes.clone())));
+                    repairs
+                        .blobs
+                        .push((ph.clone(), bytes::Bytes::from(pbytes.clone())));
                     next_pg = pg_rows.next().await.transpose()?;
                     bar.inc(1);
                 }

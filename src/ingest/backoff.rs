@@ -84,7 +84,9 @@ mod tests {
     fn jitter_spreads() {
         let mut rng = StdRng::seed_from_u64(3);
         let delays: std::collections::HashSet<Duration> = (0..20)
-            .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next_delay(&mut rng))
+            .map(|_| {
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next_delay(&mut rng)
+            })
             .collect();
         assert!(delays.len() > 10);
     }

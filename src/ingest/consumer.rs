@@ -124,7 +124,10 @@ pub struct IngestContext {
 pub type IngestConsumer = BaseConsumer<IngestContext>;
 
 impl IngestContext {
-    pub fn new(ctl: mpsc::UnboundedSender<Control>, committed_fetch_timeout: Duration) -> IngestContext {
+    pub fn new(
+        ctl: mpsc::UnboundedSender<Control>,
+        committed_fetch_timeout: Duration,
+    ) -> IngestContext {
         IngestContext {
             ctl,
             epochs: Mutex::new(HashMap::new()),
@@ -168,7 +171,9 @@ impl IngestContext {
         let tps = self.tps(tpl);
         // The group's committed offsets: the main loop resumes from the later of these and the
         // stores' applied offsets (both mark points below which everything is done).
-        let committed: HashMap<Tp, i64> = match consumer.committed_offsets(tpl.clone(), self.committed_fetch_timeout) {
+        let committed: HashMap<Tp, i64> = match consumer
+            .committed_offsets(tpl.clone(), self.committed_fetch_timeout)
+        {
             Ok(list) => self
                 .tps(&list)
                 .into_iter()
@@ -197,7 +202,11 @@ impl IngestContext {
                 .collect()
         };
         let (reply, rx) = oneshot::channel();
-        if self.ctl.send(Control::Assign { partitions, reply }).is_err() {
+        if self
+            .ctl
+            .send(Control::Assign { partitions, reply })
+            .is_err()
+        {
             return; // The main loop is gone (shutting down): nothing will be consumed anyway.
         }
         let Ok(offsets) = rx.blocking_recv() else {
@@ -280,7 +289,11 @@ impl ConsumerContext for IngestContext {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             // The stores hold the applied offsets, so a failed Kafka commit loses nothing: the next
             // commit supersedes it and a restart resumes from the stores. It does skew lag.
@@ -294,9 +307,34 @@ impl ConsumerContext for IngestContext {
 /// (the writer finishing a batch) does not make librdkafka drop and re-fetch its prefetched data.
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(1000);
 
+/// Runs [`poll_loop`]; a panic in it (a bug) is reported to the main loop as fatal instead of
+/// silently ending consumption.
+pub fn run_poll_thread(
+    consumer: Arc<IngestConsumer>,
+    tx: mpsc::Sender<Record>,
+    stop: Arc<AtomicBool>,
+    pause: Arc<PauseFlags>,
+    runtime: tokio::runtime::Handle,
+) {
+    let ctl = consumer.context().ctl.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        poll_loop(consumer, tx, stop, pause, runtime)
+    }));
+    if let Err(p) = result {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let _ = ctl.send(Control::Fatal(format!(
+            "the Kafka poll thread panicked: {what}"
+        )));
+    }
+}
+
 /// Polls the consumer until `stop` is set: messages go to `tx` (bounded); when it stays full, or
 /// `pause` asks for it, the assignment is paused and polling continues only to serve callbacks.
-pub fn poll_loop(
+fn poll_loop(
     consumer: Arc<IngestConsumer>,
     tx: mpsc::Sender<Record>,
     stop: Arc<AtomicBool>,
@@ -324,7 +362,8 @@ pub fn poll_loop(
             } else {
                 BACKPRESSURE_WAIT
             };
-            match runtime.block_on(tokio::time::timeout(wait, tx.reserve())) {
+            // The timer must be created inside `block_on`: this thread is not a runtime thread.
+            match runtime.block_on(async { tokio::time::timeout(wait, tx.reserve()).await }) {
                 Ok(Ok(permit)) => {
                     if let Some(r) = pending.pop_front() {
                         permit.send(r);
@@ -350,7 +389,9 @@ pub fn poll_loop(
                             paused = want_pause;
                             seen_generation = generation;
                         }
-                        Err(e) => tracing::warn!(error = %e, pause = want_pause, "cannot pause/resume the assignment"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, pause = want_pause, "cannot pause/resume the assignment")
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the assignment"),
@@ -381,7 +422,10 @@ pub fn poll_loop(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                let _ = consumer.context().ctl.send(Control::Fatal(format!("fatal consumer error: {code}")));
+                let _ = consumer
+                    .context()
+                    .ctl
+                    .send(Control::Fatal(format!("fatal consumer error: {code}")));
                 return;
             }
             Some(Err(e)) => {
@@ -389,9 +433,10 @@ pub fn poll_loop(
                 // so now and then, not thousands of times a minute.
                 let key = crate::kafka::code_label(&e);
                 let now = Instant::now();
-                let due = last_error_log
-                    .get(&key)
-                    .map_or(true, |t| now.duration_since(*t) > Duration::from_secs(10));
+                let due = match last_error_log.get(&key) {
+                    Some(t) => now.duration_since(*t) > Duration::from_secs(10),
+                    None => true,
+                };
                 if due {
                     last_error_log.insert(key, now);
                     tracing::warn!(error = %e, "Kafka consumer error (retrying)");

@@ -52,6 +52,9 @@ pub struct IngestOptions {
     /// Return once every assigned partition's committed offset reached the high watermark it had
     /// when it was first assigned (demo, benchmarks, back-fills). Otherwise run until shutdown.
     pub until_caught_up: bool,
+    /// Set once the consumer received its first assignment from the group (even an empty one) and
+    /// cleared when the worker stops: the readiness endpoint's "joined the group".
+    pub group_joined: Option<Arc<AtomicBool>>,
 }
 
 /// What a run did. `consumed` = the five outcomes + `abandoned`.
@@ -73,6 +76,11 @@ pub struct IngestReport {
     pub batches_committed: u64,
     /// Attempts repeated after a transient failure.
     pub retries: u64,
+    /// Unix time (µs) of the first and last offset commits, and the messages of the first
+    /// committed batch: the throughput "from the first commit until every offset is committed".
+    pub first_commit_us: u64,
+    pub last_commit_us: u64,
+    pub first_batch_messages: u64,
 }
 
 impl IngestReport {
@@ -94,6 +102,38 @@ impl IngestReport {
         }
     }
 
+    /// Messages per second between the first and the last commit (the first batch's messages
+    /// were handled before the clock started, so they are not counted). `None` with < 2 commits.
+    pub fn committed_per_s(&self) -> Option<f64> {
+        let span = self.last_commit_us.checked_sub(self.first_commit_us)?;
+        if span == 0 {
+            return None;
+        }
+        let messages = self.decided().saturating_sub(self.first_batch_messages);
+        Some(messages as f64 / (span as f64 / 1e6))
+    }
+
+    /// The report as one JSON object (`ingest --report-json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "consumed": self.consumed,
+            "outcomes": {
+                "stored": self.stored,
+                "duplicate": self.duplicate,
+                "redelivered": self.redelivered,
+                "replay": self.replay,
+                "rejected": self.rejected,
+            },
+            "rejected_by_reason": self.rejected_by_reason,
+            "abandoned": self.abandoned,
+            "dlq_published": self.dlq_published,
+            "batches_committed": self.batches_committed,
+            "retries": self.retries,
+            "committed_per_s": self.committed_per_s(),
+            "commit_span_s": (self.last_commit_us.saturating_sub(self.first_commit_us)) as f64 / 1e6,
+        })
+    }
+
     /// Messages that reached an outcome.
     pub fn decided(&self) -> u64 {
         self.stored + self.duplicate + self.redelivered + self.replay + self.rejected
@@ -113,6 +153,13 @@ impl IngestReport {
         self.dlq_published += o.dlq_published;
         self.batches_committed += o.batches_committed;
         self.retries += o.retries;
+        if self.first_commit_us == 0
+            || (o.first_commit_us != 0 && o.first_commit_us < self.first_commit_us)
+        {
+            self.first_commit_us = o.first_commit_us;
+            self.first_batch_messages = o.first_batch_messages;
+        }
+        self.last_commit_us = self.last_commit_us.max(o.last_commit_us);
     }
 }
 
@@ -132,15 +179,23 @@ impl fmt::Display for IngestReport {
             writeln!(f, "{:<24} {:>10}", "left for next owner", self.abandoned)?;
         }
         writeln!(f, "{:<24} {:>10}", "total consumed", self.consumed)?;
-        writeln!(f, "{:<24} {:>10}", "DLQ publishes acked", self.dlq_published)?;
-        writeln!(f, "{:<24} {:>10}", "batches committed", self.batches_committed)?;
+        writeln!(
+            f,
+            "{:<24} {:>10}",
+            "DLQ publishes acked", self.dlq_published
+        )?;
+        writeln!(
+            f,
+            "{:<24} {:>10}",
+            "batches committed", self.batches_committed
+        )?;
         write!(f, "{:<24} {:>10}", "retries", self.retries)
     }
 }
 
 /// Queue of records between the poll thread and the main loop. Small: the batcher is where
 /// records accumulate; this only decouples the two threads.
-const RECORD_QUEUE: usize = 4096;
+const RECORD_QUEUE: usize = 1024;
 /// How long an assignment waits for the stores' applied offsets before falling back to Kafka's
 /// committed offsets (both are safe; the stores' avoid redelivery).
 const ASSIGN_STORE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -148,13 +203,21 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the worker until `shutdown` is cancelled (or, with `until_caught_up`, until it caught up),
 /// then finishes the batches in flight, commits and returns within `shutdown.timeout_ms`.
-pub async fn run(config: &Config, store: Store, opts: IngestOptions, shutdown: CancellationToken) -> anyhow::Result<IngestReport> {
+pub async fn run(
+    config: &Config,
+    store: Store,
+    opts: IngestOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<IngestReport> {
     let checker = Arc::new(Checker::from_config(config).context("building the message checks")?);
     let dlq = DlqSink::new(config).context("creating the dead-letter producer")?;
     ensure_dlq_topics(config).await;
 
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let ctx = IngestContext::new(ctl_tx, Duration::from_millis(config.kafka.session_timeout_ms.min(10_000)));
+    let ctx = IngestContext::new(
+        ctl_tx,
+        Duration::from_millis(config.kafka.session_timeout_ms.min(10_000)),
+    );
     let consumer: IngestConsumer = crate::kafka::consumer_config(&config.kafka)
         .create_with_context(ctx)
         .context("creating the Kafka consumer")?;
@@ -171,7 +234,7 @@ pub async fn run(config: &Config, store: Store, opts: IngestOptions, shutdown: C
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || consumer::poll_loop(consumer, rec_tx, stop, pause, handle))
+            .spawn(move || consumer::run_poll_thread(consumer, rec_tx, stop, pause, handle))
             .context("starting the Kafka poll thread")?
     };
 
@@ -197,6 +260,7 @@ pub async fn run(config: &Config, store: Store, opts: IngestOptions, shutdown: C
         .run(write_rx, done_tx),
     );
 
+    let opts_joined = opts.group_joined.clone();
     let mut main = MainLoop {
         config,
         store,
@@ -213,6 +277,7 @@ pub async fn run(config: &Config, store: Store, opts: IngestOptions, shutdown: C
         report: IngestReport::default(),
         last_log: (Instant::now(), IngestReport::default()),
         writer_result: None,
+        stop_deadline: None,
     };
     let result = main
         .run(shutdown, ctl_rx, rec_rx, prep_tx, done_rx, writer, abort)
@@ -221,15 +286,19 @@ pub async fn run(config: &Config, store: Store, opts: IngestOptions, shutdown: C
     // Stop polling; librdkafka leaves the group when the last handle on the consumer drops (the
     // poll thread's), and its revoke callback finds the control channel closed and returns.
     stop.store(true, Ordering::SeqCst);
+    let close_budget = main.remaining(Duration::from_secs(10));
     drop(main);
     drop(consumer);
     let _ = prepare.await;
     let joined = tokio::task::spawn_blocking(move || poll_thread.join());
-    if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
-        tracing::warn!("the Kafka consumer did not close within 10 s; exiting anyway (uncommitted work is read again)");
+    if tokio::time::timeout(close_budget, joined).await.is_err() {
+        tracing::warn!("the Kafka consumer did not close in time; exiting anyway (uncommitted work is read again)");
     }
     if let Err(e) = dlq.flush(Duration::from_secs(5)) {
         tracing::warn!(error = %e, "dead-letter producer flush");
+    }
+    if let Some(joined) = &opts_joined {
+        joined.store(false, Ordering::SeqCst);
     }
     let report = result?;
     tracing::info!(
@@ -247,7 +316,12 @@ pub async fn run(config: &Config, store: Store, opts: IngestOptions, shutdown: C
 
 async fn ensure_dlq_topics(config: &Config) {
     let names: Vec<String> = {
-        let mut v: Vec<String> = config.kafka.topics.iter().map(|t| config.dlq_topic_for(t)).collect();
+        let mut v: Vec<String> = config
+            .kafka
+            .topics
+            .iter()
+            .map(|t| config.dlq_topic_for(t))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -262,17 +336,22 @@ async fn ensure_dlq_topics(config: &Config) {
         Ok(Ok(())) => {}
         // Not fatal: the topic may exist already, be auto-created, or be created by an operator
         // later; until it exists, dead-letter publishes fail and are retried (nothing is dropped).
-        Ok(Err(e)) => tracing::warn!(error = %e, topics = ?names, "cannot create the dead-letter topic(s)"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, topics = ?names, "cannot create the dead-letter topic(s)")
+        }
         Err(_) => tracing::warn!(topics = ?names, "timed out creating the dead-letter topic(s)"),
     }
 }
 
 /// Decodes and checks batches, in order, on the blocking pool.
-async fn prepare_loop(mut rx: mpsc::Receiver<(u64, Batch<Record>)>, tx: mpsc::Sender<Prepared>, checker: Arc<Checker>) {
+async fn prepare_loop(
+    mut rx: mpsc::Receiver<(u64, Batch<Record>)>,
+    tx: mpsc::Sender<Prepared>,
+    checker: Arc<Checker>,
+) {
     while let Some((id, batch)) = rx.recv().await {
         let records = batch.records;
         let checker = checker.clone();
-        let started = Instant::now();
         let checked = tokio::task::spawn_blocking(move || {
             let verdicts = check_all(&checker, &records);
             (records, verdicts)
@@ -287,8 +366,15 @@ async fn prepare_loop(mut rx: mpsc::Receiver<(u64, Batch<Record>)>, tx: mpsc::Se
                 return;
             }
         };
-        metrics::histogram!(names::STAGE_SECONDS, "stage" => "decode").record(started.elapsed().as_secs_f64());
-        if tx.send(Prepared { id, records, verdicts }).await.is_err() {
+        if tx
+            .send(Prepared {
+                id,
+                records,
+                verdicts,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -306,11 +392,17 @@ fn check_all(checker: &Checker, records: &[Record]) -> Vec<Verdict> {
         rs.iter()
             .map(|r| match r.value {
                 // A tombstone carries nothing to decode.
-                None => Err(("null_value".to_string(), "Kafka message without a value (tombstone)".to_string())),
+                None => Err((
+                    "null_value".to_string(),
+                    "Kafka message without a value (tombstone)".to_string(),
+                )),
                 Some(_) => match checked.next() {
                     Some(Ok(env)) => Ok(env),
                     Some(Err(rej)) => Err((rej.reason.to_string(), rej.detail)),
-                    None => Err(("internal_error".to_string(), "no verdict for this message".to_string())),
+                    None => Err((
+                        "internal_error".to_string(),
+                        "no verdict for this message".to_string(),
+                    )),
                 },
             })
             .collect()
@@ -352,6 +444,8 @@ struct MainLoop<'a> {
     report: IngestReport,
     last_log: (Instant, IngestReport),
     writer_result: Option<Result<(), WriteError>>,
+    /// When stopping began plus `shutdown.timeout_ms`: everything after the loop fits in it.
+    stop_deadline: Option<Instant>,
 }
 
 /// Why the main loop stops taking new messages.
@@ -407,6 +501,7 @@ impl MainLoop<'_> {
                 _ = shutdown.cancelled(), if stopping.is_none() => {
                     tracing::info!("shutdown requested: no more fetching; finishing the batches in flight");
                     stopping = Some(Stop::Shutdown);
+                    self.stop_deadline = Some(Instant::now() + shutdown_timeout);
                     self.pause.set(PauseFlags::STOPPING, true);
                     // Most of the budget for finishing work; the rest for the final commit and
                     // leaving the group.
@@ -439,9 +534,15 @@ impl MainLoop<'_> {
                         self.hand_off(permit);
                     }
                 }
-                Some(record) = rec_rx.recv(), if stopping.is_none() && !self.batcher.is_full() => {
-                    self.on_record(record);
-                }
+                record = rec_rx.recv(), if stopping.is_none() && !self.batcher.is_full() => match record {
+                    Some(record) => self.on_record(record),
+                    None => {
+                        // The poll thread only exits on `stop`: anything else ends consumption,
+                        // and a worker that silently consumes nothing is worse than one that exits.
+                        fatal = Some(anyhow::anyhow!("the Kafka poll thread stopped unexpectedly"));
+                        break;
+                    }
+                },
                 _ = sleep_until_opt(linger), if linger.is_some() => {}
                 _ = tick.tick() => {
                     if self.last_log.0.elapsed() >= log_every {
@@ -450,6 +551,7 @@ impl MainLoop<'_> {
                     if self.opts.until_caught_up && stopping.is_none() && self.check_caught_up().await {
                         tracing::info!("caught up with the high watermarks measured at assignment; stopping");
                         stopping = Some(Stop::CaughtUp);
+                        self.stop_deadline = Some(Instant::now() + shutdown_timeout);
                         self.pause.set(PauseFlags::STOPPING, true);
                         drain_deadline = Some(Instant::now() + shutdown_timeout.mul_f64(0.7));
                     }
@@ -462,12 +564,14 @@ impl MainLoop<'_> {
         abort.cancel();
         drop(prep_tx.take());
         if self.writer_result.is_none() {
-            match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
-                Ok(Ok(Err(WriteError::Fatal(msg)))) if fatal.is_none() => fatal = Some(anyhow::anyhow!("{msg}")),
+            match tokio::time::timeout(self.remaining(Duration::from_secs(5)), &mut writer).await {
+                Ok(Ok(Err(WriteError::Fatal(msg)))) if fatal.is_none() => {
+                    fatal = Some(anyhow::anyhow!("{msg}"))
+                }
                 Ok(_) => {}
                 Err(_) => {
                     writer.abort();
-                    tracing::warn!("the writer did not stop within 5 s");
+                    tracing::warn!("the writer did not stop in time");
                 }
             }
         }
@@ -475,6 +579,7 @@ impl MainLoop<'_> {
             self.on_completion(c);
         }
         self.report.abandoned += self.batcher.held() as u64;
+        metrics::counter!(names::ABANDONED).increment(self.batcher.held() as u64);
         self.final_commit().await;
         self.log_progress();
         match fatal {
@@ -483,13 +588,26 @@ impl MainLoop<'_> {
         }
     }
 
+    /// Time left for a shutdown step: at most `cap`, at most what remains of the shutdown budget
+    /// (but never less than a moment, so the step is at least attempted).
+    fn remaining(&self, cap: Duration) -> Duration {
+        match self.stop_deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(200), cap),
+            None => cap,
+        }
+    }
+
     fn on_record(&mut self, record: Record) {
         self.report.consumed += 1;
-        metrics::counter!(names::MESSAGES_CONSUMED, "topic" => record.tp.topic.to_string()).increment(1);
+        metrics::counter!(names::MESSAGES_CONSUMED, "topic" => record.tp.topic.to_string())
+            .increment(1);
         if lock(&self.owned).get(&record.tp) != Some(&record.epoch) {
             // Polled under an earlier assignment of a partition revoked since: its next owner
             // (or our own new assignment, which resumed from the stores) reads it again.
             self.report.abandoned += 1;
+            metrics::counter!(names::ABANDONED).increment(1);
             return;
         }
         let size = record.size();
@@ -499,7 +617,9 @@ impl MainLoop<'_> {
     }
 
     fn hand_off(&mut self, permit: mpsc::Permit<'_, (u64, Batch<Record>)>) {
-        let Some(batch) = self.batcher.take() else { return };
+        let Some(batch) = self.batcher.take() else {
+            return;
+        };
         let id = self.next_batch;
         self.next_batch += 1;
         metrics::histogram!(names::BATCH_RECORDS).record(batch.records.len() as f64);
@@ -519,13 +639,21 @@ impl MainLoop<'_> {
         self.report.merge(&c.report);
     }
 
-    async fn on_control(&mut self, ctl: Control, done_rx: &mut mpsc::UnboundedReceiver<Completion>) -> anyhow::Result<()> {
+    async fn on_control(
+        &mut self,
+        ctl: Control,
+        done_rx: &mut mpsc::UnboundedReceiver<Completion>,
+    ) -> anyhow::Result<()> {
         match ctl {
             Control::Assign { partitions, reply } => {
                 let offsets = self.on_assign(&partitions).await;
                 let _ = reply.send(offsets);
             }
-            Control::Revoke { partitions, lost, ack } => {
+            Control::Revoke {
+                partitions,
+                lost,
+                ack,
+            } => {
                 self.on_revoke(&partitions, lost, done_rx).await;
                 let _ = ack.send(());
             }
@@ -535,8 +663,16 @@ impl MainLoop<'_> {
     }
 
     async fn on_assign(&mut self, partitions: &[Assigned]) -> HashMap<Tp, Option<i64>> {
-        let keys: Vec<(String, i32)> = partitions.iter().map(|a| (a.tp.topic.to_string(), a.tp.partition)).collect();
-        let applied = match tokio::time::timeout(ASSIGN_STORE_TIMEOUT, self.store.applied_offsets(&keys)).await {
+        let keys: Vec<(String, i32)> = partitions
+            .iter()
+            .map(|a| (a.tp.topic.to_string(), a.tp.partition))
+            .collect();
+        let applied = match tokio::time::timeout(
+            ASSIGN_STORE_TIMEOUT,
+            self.store.applied_offsets(&keys),
+        )
+        .await
+        {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the stores' applied offsets; resuming from Kafka's committed offsets");
@@ -551,7 +687,9 @@ impl MainLoop<'_> {
         {
             let mut owned = lock(&self.owned);
             for a in partitions {
-                let stored = applied.get(&(a.tp.topic.to_string(), a.tp.partition)).copied();
+                let stored = applied
+                    .get(&(a.tp.topic.to_string(), a.tp.partition))
+                    .copied();
                 let start = progress::resume_offset(stored, a.kafka_committed);
                 tracing::info!(partition = %a.tp, store_applied = ?stored, kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
                 owned.insert(a.tp.clone(), a.epoch);
@@ -559,6 +697,9 @@ impl MainLoop<'_> {
                 out.insert(a.tp.clone(), start);
             }
             metrics::gauge!(names::ASSIGNED_PARTITIONS).set(owned.len() as f64);
+        }
+        if let Some(joined) = &self.opts.group_joined {
+            joined.store(true, Ordering::SeqCst);
         }
         if self.opts.until_caught_up {
             let tps: Vec<Tp> = partitions.iter().map(|a| a.tp.clone()).collect();
@@ -590,24 +731,39 @@ impl MainLoop<'_> {
 
     async fn check_caught_up(&mut self) -> bool {
         let assigned: Vec<Tp> = lock(&self.owned).keys().cloned().collect();
-        let missing: Vec<Tp> = assigned.iter().filter(|tp| !self.catch_up.has_target(tp)).cloned().collect();
+        let missing: Vec<Tp> = assigned
+            .iter()
+            .filter(|tp| !self.catch_up.has_target(tp))
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             self.fetch_targets(missing).await;
         }
         self.catch_up.caught_up(assigned.iter())
     }
 
-    async fn on_revoke(&mut self, partitions: &[Tp], lost: bool, done_rx: &mut mpsc::UnboundedReceiver<Completion>) {
+    async fn on_revoke(
+        &mut self,
+        partitions: &[Tp],
+        lost: bool,
+        done_rx: &mut mpsc::UnboundedReceiver<Completion>,
+    ) {
         let revoked: HashSet<&Tp> = partitions.iter().collect();
         let before = self.batcher.held();
         self.batcher.retain(|r| !revoked.contains(&r.tp));
         self.report.abandoned += (before - self.batcher.held()) as u64;
+        metrics::counter!(names::ABANDONED).increment((before - self.batcher.held()) as u64);
 
         if !lost {
             // Let the batches holding these partitions finish and commit, within the drain budget
             // (validated shorter than the session timeout at start-up).
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.kafka.drain_timeout_ms);
-            while self.in_flight.values().any(|tps| tps.iter().any(|tp| revoked.contains(tp))) {
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_millis(self.config.kafka.drain_timeout_ms);
+            while self
+                .in_flight
+                .values()
+                .any(|tps| tps.iter().any(|tp| revoked.contains(tp)))
+            {
                 tokio::select! {
                     c = done_rx.recv() => match c {
                         Some(c) => self.on_completion(c),
@@ -636,7 +792,10 @@ impl MainLoop<'_> {
             // owner reads the group's offsets.
             let offsets: Vec<(Tp, i64)> = {
                 let c = lock(&self.committed);
-                partitions.iter().filter_map(|tp| c.get(tp).map(|o| (tp.clone(), *o))).collect()
+                partitions
+                    .iter()
+                    .filter_map(|tp| c.get(tp).map(|o| (tp.clone(), *o)))
+                    .collect()
             };
             self.commit_sync(offsets).await;
         }
@@ -668,13 +827,14 @@ impl MainLoop<'_> {
         let consumer = self.consumer.clone();
         let started = Instant::now();
         let res = tokio::time::timeout(
-            Duration::from_secs(10),
+            self.remaining(Duration::from_secs(10)),
             tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)),
         )
         .await;
         match res {
             Ok(Ok(Ok(()))) => {
-                metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit").record(started.elapsed().as_secs_f64());
+                metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit")
+                    .record(started.elapsed().as_secs_f64());
             }
             // The stores hold the applied offsets: nothing is lost, a restart resumes from them.
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "synchronous offset commit failed"),
@@ -717,6 +877,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `nekhebet-store ingest` arguments (the CLI adds this as a subcommand).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct IngestArgs {
+    /// Exit once every assigned partition is committed up to the high watermark it had when it was
+    /// assigned (back-fills, the demo, benchmarks), instead of running until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Print the final report as one JSON object instead of the table (benchmarks).
+    #[arg(long)]
+    pub report_json: bool,
+}
+
+/// The `ingest` command: opens the store, serves /metrics, /healthz and /readyz on
+/// `telemetry.listen`, runs the worker until SIGINT/SIGTERM (or until caught up), prints the
+/// outcome table. Exit code 0 after a graceful stop; an error (non-zero) when the worker had to
+/// stop on a failure it cannot retry.
+pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::process::ExitCode> {
+    let store = Store::open(config).await.context("opening the store")?;
+    let shutdown = shutdown_on_signals();
+    let health = crate::telemetry::Health::new(store.clone());
+    if !config.telemetry.listen.is_empty() {
+        let handle = crate::telemetry::install_metrics()?;
+        let addr = crate::telemetry::serve(
+            &config.telemetry.listen,
+            handle,
+            health.clone(),
+            shutdown.child_token(),
+        )
+        .await?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
+    }
+    let report = run(
+        config,
+        store,
+        IngestOptions {
+            until_caught_up: args.until_caught_up,
+            group_joined: Some(health.consumer_joined.clone()),
+        },
+        shutdown,
+    )
+    .await?;
+    if args.report_json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Used by the `ingest` command: a shutdown token cancelled on SIGINT or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -725,7 +934,10 @@ pub fn shutdown_on_signals() -> CancellationToken {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 tracing::error!("cannot install signal handlers; stop with SIGKILL");
                 return;
             };
@@ -742,4 +954,3 @@ pub fn shutdown_on_signals() -> CancellationToken {
     });
     token
 }
-

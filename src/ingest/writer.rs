@@ -137,7 +137,11 @@ impl Writer {
     }
 
     /// Writes batches until the input closes.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Prepared>, done: mpsc::UnboundedSender<Completion>) -> Result<(), WriteError> {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Prepared>,
+        done: mpsc::UnboundedSender<Completion>,
+    ) -> Result<(), WriteError> {
         while let Some(batch) = rx.recv().await {
             let completion = self.write(batch).await?;
             // The main loop may be gone at the very end of a shutdown: the batch is committed, so
@@ -148,7 +152,11 @@ impl Writer {
     }
 
     async fn write(&mut self, batch: Prepared) -> Result<Completion, WriteError> {
-        let Prepared { id, records, verdicts } = batch;
+        let Prepared {
+            id,
+            records,
+            verdicts,
+        } = batch;
         let n = records.len();
         let mut fates = vec![Fate::Pending; n];
         let mut report = IngestReport::default();
@@ -175,8 +183,10 @@ impl Writer {
             }
         }
 
-        self.dead_letter(&records, &mut fates, letters, &mut report).await?;
-        self.save_isolating(&records, &mut fates, chunk, &mut report).await?;
+        self.dead_letter(&records, &mut fates, letters, &mut report)
+            .await?;
+        self.save_isolating(&records, &mut fates, chunk, &mut report)
+            .await?;
         let committed = self.commit(&records, &fates, &mut report);
 
         for (i, fate) in fates.iter().enumerate() {
@@ -191,7 +201,10 @@ impl Writer {
                     metrics::counter!(names::ENVELOPES, "outcome" => "rejected").increment(1);
                     metrics::counter!(names::REJECTED, "reason" => reason.clone()).increment(1);
                 }
-                Fate::Abandoned => report.abandoned += 1,
+                Fate::Abandoned => {
+                    report.abandoned += 1;
+                    metrics::counter!(names::ABANDONED).increment(1);
+                }
                 Fate::Pending => {
                     // Every path above decides each message; reaching this is a bug, and
                     // committing past an undecided message could lose it.
@@ -202,7 +215,11 @@ impl Writer {
                 }
             }
         }
-        Ok(Completion { id, report, committed })
+        Ok(Completion {
+            id,
+            report,
+            committed,
+        })
     }
 
     fn owns(&self, r: &Record) -> bool {
@@ -275,14 +292,18 @@ impl Writer {
         // applied offset never passes a message that is still undecided.
         let mut stack = vec![chunk];
         while let Some(mut chunk) = stack.pop() {
-            match self.save_with_retry(records, fates, &mut chunk, report).await? {
+            match self
+                .save_with_retry(records, fates, &mut chunk, report)
+                .await?
+            {
                 None => {}
                 Some(e) if chunk.items.len() == 1 => {
                     let i = chunk.idx[0];
                     let r = &records[i];
                     tracing::warn!(partition = %r.tp, offset = r.offset, error = %e, "the database refuses this message; dead-lettering it");
                     let l = letter(r, STORE_REJECTED.to_string(), e.to_string());
-                    self.dead_letter(records, fates, vec![(i, l)], report).await?;
+                    self.dead_letter(records, fates, vec![(i, l)], report)
+                        .await?;
                 }
                 Some(_) => {
                     let mid = chunk.items.len() / 2;
@@ -384,7 +405,12 @@ impl Writer {
     }
 
     /// Pauses consumption and waits before the next attempt; `Aborted` on a hard stop.
-    async fn back_off(&mut self, backoff: &mut Backoff, cause: &'static str, report: &mut IngestReport) -> Result<(), WriteError> {
+    async fn back_off(
+        &mut self,
+        backoff: &mut Backoff,
+        cause: &'static str,
+        report: &mut IngestReport,
+    ) -> Result<(), WriteError> {
         report.retries += 1;
         metrics::counter!(names::RETRIES, "cause" => cause).increment(1);
         self.pause.set(PauseFlags::RETRYING, true);
@@ -400,13 +426,21 @@ impl Writer {
         if backoff.attempts() > 0 {
             self.pause.set(PauseFlags::RETRYING, false);
             metrics::gauge!(names::PAUSED).set(0.0);
-            tracing::info!(attempts = backoff.attempts(), "recovered after retries; resuming consumption");
+            tracing::info!(
+                attempts = backoff.attempts(),
+                "recovered after retries; resuming consumption"
+            );
         }
     }
 
     /// Commits, per owned partition, the highest offset of the batch + 1. A partition revoked
     /// meanwhile (or re-assigned under a new epoch) is not committed: its new owner decides.
-    fn commit(&self, records: &[Record], fates: &[Fate], report: &mut IngestReport) -> Vec<(Tp, i64)> {
+    fn commit(
+        &self,
+        records: &[Record],
+        fates: &[Fate],
+        report: &mut IngestReport,
+    ) -> Vec<(Tp, i64)> {
         let mut next: BTreeMap<&Tp, (u64, i64)> = BTreeMap::new();
         for (r, f) in records.iter().zip(fates) {
             if matches!(f, Fate::Abandoned) {
@@ -426,7 +460,9 @@ impl Writer {
         let owned = lock(&self.owned);
         for (tp, (epoch, offset)) in &next {
             if owned.get(*tp) == Some(epoch) {
-                if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset)) {
+                if let Err(e) =
+                    tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+                {
                     tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
                     continue;
                 }
@@ -448,9 +484,12 @@ impl Writer {
                 c.insert(tp.clone(), *o);
             }
         }
-        metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit")
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!(names::BATCHES_COMMITTED).increment(1);
-        let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!(names::LAST_COMMIT).set(now_s);
         let e2e = metrics::histogram!(names::END_TO_END_SECONDS);
         for (r, f) in records.iter().zip(fates) {
@@ -462,6 +501,12 @@ impl Writer {
             }
         }
         report.batches_committed += 1;
+        let now_us = (now_s * 1e6) as u64;
+        if report.first_commit_us == 0 {
+            report.first_commit_us = now_us;
+            report.first_batch_messages = records.len() as u64;
+        }
+        report.last_commit_us = now_us;
         committed
     }
 }

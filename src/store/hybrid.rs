@@ -80,6 +80,13 @@ impl HybridStore {
                 }
             }
         }
+        let stored_hashes: HashSet<&str> = items
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| **o == Outcome::Stored)
+            .map(|(i, _)| i.envelope.header.payload_hash.as_str())
+            .collect();
+        others.retain(|h| !stored_hashes.contains(h.as_str()));
         if !others.is_empty() {
             // Everything at or below LMDB's last seq is in LMDB (our seqs only grow); what
             // PostgreSQL holds above it for these hashes was lost between two commits.
@@ -95,16 +102,25 @@ impl HybridStore {
                 .filter(|(s, _)| !stored_now.contains(s))
                 .collect();
             if !healed.is_empty() {
-                tracing::warn!(count = healed.len(), "healing LMDB: blobs PostgreSQL holds were missing");
+                tracing::warn!(
+                    count = healed.len(),
+                    "healing LMDB: blobs PostgreSQL holds were missing"
+                );
                 metrics::counter!(names::LMDB_HEALED).increment(healed.len() as u64);
             }
             blobs.extend(healed.into_iter().map(|(s, b)| (s, bytes::Bytes::from(b))));
         }
-        self.lmdb.append_blobs(blobs, highest_offsets(items)).await?;
+        self.lmdb
+            .append_blobs(blobs, highest_offsets(items))
+            .await?;
         Ok(())
     }
 
-    async fn write_compatible(&self, items: &[Item], outcomes: &[Outcome]) -> Result<(), StoreError> {
+    async fn write_compatible(
+        &self,
+        items: &[Item],
+        outcomes: &[Outcome],
+    ) -> Result<(), StoreError> {
         let mut batch = BlobBatch {
             blobs: Vec::new(),
             offsets: highest_offsets(items),
@@ -121,6 +137,9 @@ impl HybridStore {
                 }
             }
         }
+        // Hashes this batch stores are being written now; only the others can be missing.
+        let stored_now: HashSet<&str> = batch.blobs.iter().map(|b| b.0.as_str()).collect();
+        others.retain(|h| !stored_now.contains(h.as_str()));
         if !others.is_empty() {
             others.sort_unstable();
             others.dedup();
@@ -128,7 +147,10 @@ impl HybridStore {
             if !missing.is_empty() {
                 let healed = self.pg.envelopes_by_hash(&missing).await?;
                 if !healed.is_empty() {
-                    tracing::warn!(count = healed.len(), "healing LMDB: blobs PostgreSQL holds were missing");
+                    tracing::warn!(
+                        count = healed.len(),
+                        "healing LMDB: blobs PostgreSQL holds were missing"
+                    );
                     metrics::counter!(names::LMDB_HEALED).increment(healed.len() as u64);
                 }
                 batch
@@ -192,10 +214,15 @@ impl HybridStore {
 fn highest_offsets(items: &[Item]) -> Vec<(String, i32, i64)> {
     let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
     for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
-        let e = highest.entry((&pos.topic, pos.partition)).or_insert(pos.offset);
+        let e = highest
+            .entry((&pos.topic, pos.partition))
+            .or_insert(pos.offset);
         *e = (*e).max(pos.offset);
     }
-    highest.into_iter().map(|((t, p), o)| (t.to_string(), p, o)).collect()
+    highest
+        .into_iter()
+        .map(|((t, p), o)| (t.to_string(), p, o))
+        .collect()
 }
 
 /// Test-only crash points: `NEKHEBET_FAILPOINT=<name>` aborts the process there, the way a power

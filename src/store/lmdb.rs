@@ -341,7 +341,11 @@ impl LmdbStore {
     /// Append layout: appends blobs under their PostgreSQL seq and advances offsets, in ONE write
     /// transaction. Seqs at or below the last key are already present and skipped. Returns how
     /// many blobs were appended.
-    pub async fn append_blobs(&self, mut blobs: Vec<(i64, bytes::Bytes)>, offsets: Vec<(String, i32, i64)>) -> Result<usize, StoreError> {
+    pub async fn append_blobs(
+        &self,
+        mut blobs: Vec<(i64, bytes::Bytes)>,
+        offsets: Vec<(String, i32, i64)>,
+    ) -> Result<usize, StoreError> {
         blobs.sort_unstable_by_key(|b| b.0);
         blobs.dedup_by_key(|b| b.0);
         let this = self.clone();
@@ -350,7 +354,8 @@ impl LmdbStore {
                 let last = dbs.blobs.last(wtxn)?.and_then(|(k, _)| read_offset(k));
                 let mut written = 0;
                 for (seq, blob) in blobs.iter().filter(|b| last.is_none_or(|l| b.0 > l)) {
-                    dbs.blobs.put_with_flags(wtxn, PutFlags::APPEND, &seq.to_be_bytes(), blob)?;
+                    dbs.blobs
+                        .put_with_flags(wtxn, PutFlags::APPEND, &seq.to_be_bytes(), blob)?;
                     written += 1;
                 }
                 write_offsets(dbs, wtxn, &offsets)?;
@@ -364,17 +369,27 @@ impl LmdbStore {
     /// Append layout: the highest seq held (0 when empty).
     pub async fn last_seq(&self) -> Result<i64, StoreError> {
         let this = self.clone();
-        run_blocking(move || this.read(|dbs, rtxn| Ok(dbs.blobs.last(rtxn)?.and_then(|(k, _)| read_offset(k)).unwrap_or(0))))
-            .await?
-            .map_err(StoreError::Lmdb)
+        run_blocking(move || {
+            this.read(|dbs, rtxn| {
+                Ok(dbs
+                    .blobs
+                    .last(rtxn)?
+                    .and_then(|(k, _)| read_offset(k))
+                    .unwrap_or(0))
+            })
+        })
+        .await?
+        .map_err(StoreError::Lmdb)
     }
 
     /// Append layout: the blob stored under `seq`.
     pub async fn get_seq(&self, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let this = self.clone();
-        run_blocking(move || this.read(|dbs, rtxn| Ok(dbs.blobs.get(rtxn, &seq.to_be_bytes())?.map(<[u8]>::to_vec))))
-            .await?
-            .map_err(StoreError::Lmdb)
+        run_blocking(move || {
+            this.read(|dbs, rtxn| Ok(dbs.blobs.get(rtxn, &seq.to_be_bytes())?.map(<[u8]>::to_vec)))
+        })
+        .await?
+        .map_err(StoreError::Lmdb)
     }
 
     /// Which of these content hashes have no blob.
@@ -531,7 +546,11 @@ impl LmdbStore {
 }
 
 /// Advances stored offsets (never backwards).
-fn write_offsets(dbs: &Dbs, wtxn: &mut RwTxn, offsets: &[(String, i32, i64)]) -> Result<(), heed::Error> {
+fn write_offsets(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn,
+    offsets: &[(String, i32, i64)],
+) -> Result<(), heed::Error> {
     for (topic, partition, offset) in offsets {
         let k = offset_key(topic, *partition);
         let current = dbs.offsets.get(wtxn, &k)?.and_then(read_offset);

@@ -331,7 +331,10 @@ impl PgStore {
 
     /// [`PgStore::save_batch`], also returning the `seq` PostgreSQL assigned to each stored
     /// content hash (the key of the append-only LMDB layout).
-    pub async fn save_batch_with_seqs(&self, items: &[Item]) -> Result<(Vec<Outcome>, HashMap<String, i64>), PgError> {
+    pub async fn save_batch_with_seqs(
+        &self,
+        items: &[Item],
+    ) -> Result<(Vec<Outcome>, HashMap<String, i64>), PgError> {
         let mut client = self.pool.get().await?;
         let lock_stmt = client
             .prepare_cached(
@@ -452,7 +455,9 @@ impl PgStore {
                 o
             } else if !guarded.contains(&format!("{}:{}", h.key_id, h.nonce)) {
                 Outcome::Replay
-            } else if stored.contains_key(&h.payload_hash) && claimed.insert(h.payload_hash.as_str()) {
+            } else if stored.contains_key(&h.payload_hash)
+                && claimed.insert(h.payload_hash.as_str())
+            {
                 // Mirrors the SQL's DISTINCT ON: the first surviving occurrence was the one inserted.
                 Outcome::Stored
             } else {
@@ -506,7 +511,9 @@ impl PgStore {
     /// `seq` of the event with this id (append layout lookups).
     pub async fn seq_by_id(&self, id: Uuid) -> Result<Option<i64>, PgError> {
         let client = self.pool.get().await?;
-        let row = client.query_opt("SELECT seq FROM events WHERE id = $1", &[&id]).await?;
+        let row = client
+            .query_opt("SELECT seq FROM events WHERE id = $1", &[&id])
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -521,7 +528,11 @@ impl PgStore {
 
     /// (seq, envelope) of those content hashes stored with a seq above `after`, in seq order: the
     /// blobs an append-layout LMDB may lack after a crash between the two commits.
-    pub async fn envelopes_after_seq(&self, hashes: &[String], after: i64) -> Result<Vec<(i64, Vec<u8>)>, PgError> {
+    pub async fn envelopes_after_seq(
+        &self,
+        hashes: &[String],
+        after: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, PgError> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
@@ -626,7 +637,9 @@ impl PgStore {
 
     /// Every (content_hash, envelope) pair in byte order of the hash (the order of LMDB's keys),
     /// streamed from the server so the whole table never sits in memory.
-    pub async fn stream_by_hash(&self) -> Result<impl Stream<Item = Result<(String, Vec<u8>), PgError>>, PgError> {
+    pub async fn stream_by_hash(
+        &self,
+    ) -> Result<impl Stream<Item = Result<(String, Vec<u8>), PgError>>, PgError> {
         let client = self.pool.get().await?;
         let rows = client
             .query_raw(
@@ -634,10 +647,16 @@ impl PgStore {
                 std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
             )
             .await?;
-        Ok(futures::stream::unfold((client, Box::pin(rows)), |(client, mut s)| async move {
-            let next = s.next().await?;
-            Some((next.map(|r| (r.get(0), r.get(1))).map_err(PgError::from), (client, s)))
-        }))
+        Ok(futures::stream::unfold(
+            (client, Box::pin(rows)),
+            |(client, mut s)| async move {
+                let next = s.next().await?;
+                Some((
+                    next.map(|r| (r.get(0), r.get(1))).map_err(PgError::from),
+                    (client, s),
+                ))
+            },
+        ))
     }
 }
 

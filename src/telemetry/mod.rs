@@ -62,14 +62,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 pub struct Health {
     /// Set by the ingest loop once the consumer has joined its group (has an assignment or has
     /// completed a rebalance).
-    pub consumer_joined: AtomicBool,
+    pub consumer_joined: Arc<AtomicBool>,
     store: Store,
 }
 
 impl Health {
     pub fn new(store: Store) -> Arc<Health> {
         Arc::new(Health {
-            consumer_joined: AtomicBool::new(false),
+            consumer_joined: Arc::new(AtomicBool::new(false)),
             store,
         })
     }

@@ -11,6 +11,9 @@ pub const REJECTED: &str = "nekhebet_rejected_total";
 pub const DLQ_PUBLISHED: &str = "nekhebet_dlq_published_total";
 /// Counter: dead-letter publishes that failed (retried; the offset does not move meanwhile).
 pub const DLQ_FAILURES: &str = "nekhebet_dlq_failures_total";
+/// Counter: messages consumed but left uncommitted without an outcome (their partition was revoked
+/// or the shutdown deadline passed first); the partition's next owner reads them again.
+pub const ABANDONED: &str = "nekhebet_messages_abandoned_total";
 /// Counter: batches whose offsets were committed.
 pub const BATCHES_COMMITTED: &str = "nekhebet_batches_committed_total";
 /// Histogram: records per batch.

@@ -1,0 +1,239 @@
+//! The worker as a process (`nekhebet-store ingest`, configured through the environment), killed
+//! and restarted, against the real local Kafka and PostgreSQL. Every test has its own topic, group,
+//! database and LMDB directory. They run one at a time (a lock): each starts worker processes and
+//! a 2-core machine gives slow, flaky timings when four tests each run two workers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::kafka::{self as k, WorkerProcess};
+use common::pg::TestDb;
+use nekhebet_store::config::Config;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Setup {
+    db: TestDb,
+    lmdb: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    topic: String,
+    group: String,
+    config: Config,
+}
+
+async fn setup(partitions: i32) -> Setup {
+    let db = TestDb::new().await;
+    let lmdb = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("NEKHEBET_KEEP_TEST_LOGS").is_some() {
+        eprintln!("worker logs: {}", logs.path().display());
+    }
+    let topic = k::random_name("ingest-proc");
+    let group = k::random_name("ingest-proc-group");
+    k::create_topic(&topic, partitions).await;
+    let config = k::worker_config(&db.url, lmdb.path(), &topic, &group);
+    Setup {
+        db,
+        lmdb,
+        logs,
+        topic,
+        group,
+        config,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if std::env::var_os("NEKHEBET_KEEP_TEST_LOGS").is_some() {
+            let keep = std::mem::replace(&mut self.logs, tempfile::tempdir().expect("tempdir"));
+            let _ = keep.keep();
+        }
+    }
+}
+
+impl Setup {
+    fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::spawn(
+            &self.config,
+            args,
+            env,
+            &self.logs.path().join(format!("{name}.log")),
+        )
+    }
+
+    async fn wait_events_at_least(&self, n: i64, timeout: Duration) {
+        let url = self.db.url.clone();
+        k::wait_for(timeout, &format!("at least {n} stored events"), || {
+            let url = url.clone();
+            async move { (k::event_count(&url).await >= n).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// Stops a worker with SIGTERM and expects exit code 0 within the shutdown timeout.
+fn terminate(w: &mut WorkerProcess, config: &Config) {
+    w.signal("TERM");
+    let status = w
+        .wait_timeout(Duration::from_millis(config.shutdown.timeout_ms + 5_000))
+        .unwrap_or_else(|| panic!("worker did not exit after SIGTERM\n{}", w.log_text()));
+    assert!(
+        status.success(),
+        "worker exit status {status:?}\n{}",
+        w.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_and_restart_stores_exactly_the_valid_set() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(4).await;
+    let producing = tokio::spawn({
+        let topic = s.topic.clone();
+        async move { k::produce_at(&topic, 3000, Some(600.0), 0.05, 0.05, 0.05, 21).await }
+    });
+    let mut stored_floor = 200;
+    for round in 0..3 {
+        let mut w = s.spawn(&format!("worker-{round}"), &[], &[]);
+        s.wait_events_at_least(stored_floor, Duration::from_secs(60))
+            .await;
+        w.kill9();
+        stored_floor += 400;
+    }
+    let produced = producing.await.expect("producer task");
+    let mut w = s.spawn("worker-final", &[], &[]);
+    k::wait_committed_to_end(&s.group, &s.topic, Duration::from_secs(120)).await;
+    terminate(&mut w, &s.config);
+
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_commits_what_it_stored_and_exits_0() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(2).await;
+    let produced = k::produce(&s.topic, 4000, 0.0, 0.0, 0.02, 22).await;
+    let mut w = s.spawn("worker", &[], &[]);
+    s.wait_events_at_least(300, Duration::from_secs(60)).await;
+    terminate(&mut w, &s.config);
+    assert!(
+        w.log_text().contains("total consumed"),
+        "the outcome table is printed at exit\n{}",
+        w.log_text()
+    );
+
+    // Everything below each committed offset is stored (valid) or dead-lettered (poison).
+    let committed = k::committed_offsets(&s.group, &s.topic);
+    assert!(
+        !committed.is_empty(),
+        "SIGTERM committed nothing\n{}",
+        w.log_text()
+    );
+    let expected = k::expected_valid(&[&produced]);
+    let (client, conn) = tokio_postgres::connect(&s.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for rec in &produced.records {
+        let below = committed
+            .get(&rec.partition)
+            .is_some_and(|c| rec.offset < *c);
+        if below && rec.kind == nekhebet_store::produce::Kind::Valid {
+            let id = rec.id.expect("valid records have ids");
+            let row = client
+                .query_opt("SELECT envelope FROM events WHERE id = $1", &[&id])
+                .await
+                .unwrap();
+            assert_eq!(
+                row.map(|r| r.get::<_, Vec<u8>>(0)),
+                Some(rec.value.to_vec()),
+                "committed but not stored: {id}"
+            );
+        }
+    }
+
+    // A restart picks up where it stopped and ends with exactly the valid set.
+    let mut w = s.spawn("worker-2", &["--until-caught-up"], &[]);
+    let status = w.wait_timeout(Duration::from_secs(120)).expect("caught up");
+    assert!(status.success(), "{}", w.log_text());
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &expected).await;
+    k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_one_killed_the_other_takes_over() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(4).await;
+    let producing = tokio::spawn({
+        let topic = s.topic.clone();
+        async move { k::produce_at(&topic, 3000, Some(500.0), 0.05, 0.05, 0.05, 23).await }
+    });
+    let mut w1 = s.spawn("worker-1", &[], &[]);
+    let mut w2 = s.spawn("worker-2", &[], &[]);
+    // Both hold partitions once each logged an assignment.
+    k::wait_for(
+        Duration::from_secs(60),
+        "both workers to get partitions",
+        || {
+            let both = w1.log_text().contains("partition assigned")
+                && w2.log_text().contains("partition assigned");
+            async move { both.then_some(()) }
+        },
+    )
+    .await;
+    s.wait_events_at_least(600, Duration::from_secs(60)).await;
+    w1.kill9();
+    let produced = producing.await.expect("producer task");
+    k::wait_committed_to_end(&s.group, &s.topic, Duration::from_secs(120)).await;
+    terminate(&mut w2, &s.config);
+    assert!(
+        w2.log_text().matches("partition assigned").count() > 2,
+        "worker 2 never took over worker 1's partitions\n{}",
+        w2.log_text()
+    );
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_postgres_and_lmdb_commits_heals_on_restart() {
+    let _serial = SERIAL.lock().await;
+    let s = setup(2).await;
+    let produced = k::produce(&s.topic, 600, 0.0, 0.0, 0.0, 24).await;
+    let mut w = s.spawn(
+        "worker-crash",
+        &[],
+        &[("NEKHEBET_FAILPOINT", "after_postgres_commit")],
+    );
+    let status = w
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the failpoint aborts the worker");
+    assert!(!status.success());
+    assert!(
+        w.log_text().contains("failpoint after_postgres_commit"),
+        "{}",
+        w.log_text()
+    );
+    let in_pg = k::event_count(&s.db.url).await;
+    assert!(
+        in_pg > 0,
+        "the first batch reached PostgreSQL before the crash"
+    );
+
+    let mut w = s.spawn("worker-heal", &["--until-caught-up"], &[]);
+    let status = w.wait_timeout(Duration::from_secs(120)).expect("caught up");
+    assert!(status.success(), "{}", w.log_text());
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    // The batch PostgreSQL held but LMDB did not is read again and recognised as redelivered.
+    let table = w.log_text();
+    let redelivered: u64 = table
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("redelivered")
+                .map(|n| n.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    assert_eq!(redelivered as i64, in_pg, "{table}");
+}
