@@ -309,6 +309,7 @@ const ONLY_AFTER_FAILURES: &[&str] = &[
     "nekhebet_consumer_paused",
     "nekhebet_lmdb_healed_total",
     "nekhebet_hybrid_lmdb_fallbacks_total",
+    "nekhebet_messages_abandoned_total",
     "outcome=\"redelivered\"",
 ];
 
