@@ -186,7 +186,16 @@ async fn two_workers_one_killed_the_other_takes_over() {
     s.wait_events_at_least(600, Duration::from_secs(60)).await;
     w1.kill9();
     let produced = producing.await.expect("producer task");
-    k::wait_committed_to_end(&s.group, &s.topic, Duration::from_secs(120)).await;
+    let caught_up = tokio::time::timeout(
+        Duration::from_secs(120),
+        k::wait_committed_to_end(&s.group, &s.topic, Duration::from_secs(120)),
+    )
+    .await;
+    assert!(
+        caught_up.is_ok(),
+        "the surviving worker did not catch up; its log:\n{}",
+        w2.log_text()
+    );
     terminate(&mut w2, &s.config);
     assert!(
         w2.log_text().matches("partition assigned").count() > 2,

@@ -119,6 +119,10 @@ pub struct IngestContext {
     generation: AtomicU64,
     topics: Mutex<HashMap<String, Arc<str>>>,
     committed_fetch_timeout: Duration,
+    /// Set when an offset commit failed (e.g. during a rebalance): the main loop commits the
+    /// current positions again, or Kafka's committed offsets (and lag) would stay behind when no
+    /// new batch follows.
+    pub commit_failed: AtomicBool,
 }
 
 pub type IngestConsumer = BaseConsumer<IngestContext>;
@@ -135,6 +139,7 @@ impl IngestContext {
             generation: AtomicU64::new(0),
             topics: Mutex::new(HashMap::new()),
             committed_fetch_timeout,
+            commit_failed: AtomicBool::new(false),
         }
     }
 
@@ -295,6 +300,7 @@ impl ConsumerContext for IngestContext {
         offsets: &TopicPartitionList,
     ) {
         if let Err(e) = result {
+            self.commit_failed.store(true, Ordering::SeqCst);
             // The stores hold the applied offsets, so a failed Kafka commit loses nothing: the next
             // commit supersedes it and a restart resumes from the stores. It does skew lag.
             tracing::warn!(error = %e, partitions = offsets.count(), "Kafka offset commit failed");
@@ -376,7 +382,10 @@ fn poll_loop(
         }
         let want_pause = pause.any() || !pending.is_empty();
         let generation = consumer.context().generation.load(Ordering::SeqCst);
-        if want_pause != paused || (want_pause && generation != seen_generation) {
+        // After every assignment change, re-apply the wanted state to the whole assignment:
+        // librdkafka keeps a partition's pause flag across a revoke and a later re-assignment, so
+        // a partition paused under back-pressure and handed back to us would otherwise stay paused.
+        if want_pause != paused || generation != seen_generation {
             match consumer.assignment() {
                 Ok(assignment) => {
                     let r = if want_pause {
@@ -396,8 +405,6 @@ fn poll_loop(
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the assignment"),
             }
-        } else {
-            seen_generation = generation;
         }
         let timeout = if pending.is_empty() {
             Duration::from_millis(100)

@@ -200,6 +200,8 @@ const RECORD_QUEUE: usize = 1024;
 /// committed offsets (both are safe; the stores' avoid redelivery).
 const ASSIGN_STORE_TIMEOUT: Duration = Duration::from_secs(20);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the owned positions are committed again (see the tick in the main loop).
+const RECOMMIT_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the worker until `shutdown` is cancelled (or, with `until_caught_up`, until it caught up),
 /// then finishes the batches in flight, commits and returns within `shutdown.timeout_ms`.
@@ -211,7 +213,15 @@ pub async fn run(
 ) -> anyhow::Result<IngestReport> {
     let checker = Arc::new(Checker::from_config(config).context("building the message checks")?);
     let dlq = DlqSink::new(config).context("creating the dead-letter producer")?;
-    ensure_dlq_topics(config).await;
+    // Up to 30 s when the brokers cannot be reached (down, wrong CA, wrong credentials): a
+    // shutdown meanwhile must not wait for it (nothing has been consumed yet).
+    tokio::select! {
+        _ = ensure_dlq_topics(config) => {}
+        _ = shutdown.cancelled() => {
+            tracing::info!("shutdown requested before consuming anything; stopping");
+            return Ok(IngestReport::default());
+        }
+    }
 
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let ctx = IngestContext::new(
@@ -220,6 +230,7 @@ pub async fn run(
     );
     let consumer: IngestConsumer = crate::kafka::consumer_config(&config.kafka)
         .create_with_context(ctx)
+        .map_err(crate::kafka::redact_error)
         .context("creating the Kafka consumer")?;
     let consumer = Arc::new(consumer);
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
@@ -276,6 +287,7 @@ pub async fn run(
         catch_up: CatchUp::default(),
         report: IngestReport::default(),
         last_log: (Instant::now(), IngestReport::default()),
+        last_recommit: Instant::now(),
         writer_result: None,
         stop_deadline: None,
     };
@@ -443,6 +455,7 @@ struct MainLoop<'a> {
     catch_up: CatchUp,
     report: IngestReport,
     last_log: (Instant, IngestReport),
+    last_recommit: Instant,
     writer_result: Option<Result<(), WriteError>>,
     /// When stopping began plus `shutdown.timeout_ms`: everything after the loop fits in it.
     stop_deadline: Option<Instant>,
@@ -547,6 +560,14 @@ impl MainLoop<'_> {
                 _ = tick.tick() => {
                     if self.last_log.0.elapsed() >= log_every {
                         self.log_progress();
+                    }
+                    // Kafka's committed offsets must reach our positions even when a commit failed
+                    // (they do during a rebalance) and no new batch follows: re-commit them after
+                    // a reported failure and, as a backstop, every few seconds.
+                    let failed = self.consumer.context().commit_failed.swap(false, Ordering::SeqCst);
+                    if failed || self.last_recommit.elapsed() >= RECOMMIT_EVERY {
+                        self.last_recommit = Instant::now();
+                        self.recommit();
                     }
                     if self.opts.until_caught_up && stopping.is_none() && self.check_caught_up().await {
                         tracing::info!("caught up with the high watermarks measured at assignment; stopping");
@@ -800,6 +821,38 @@ impl MainLoop<'_> {
             self.commit_sync(offsets).await;
         }
         tracing::info!(partitions = ?partitions.iter().map(|t| t.to_string()).collect::<Vec<_>>(), lost, "partitions revoked");
+    }
+
+    /// Commits the positions of the owned partitions again (asynchronously) after a failed commit.
+    fn recommit(&self) {
+        let offsets: Vec<(Tp, i64)> = {
+            let owned = lock(&self.owned);
+            let c = lock(&self.committed);
+            c.iter()
+                .filter(|(tp, _)| owned.contains_key(*tp))
+                .map(|(tp, o)| (tp.clone(), *o))
+                .collect()
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for (tp, o) in &offsets {
+            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o)) {
+                tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
+            }
+        }
+        tracing::debug!(
+            partitions = offsets.len(),
+            "committing the current positions again"
+        );
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            self.consumer
+                .context()
+                .commit_failed
+                .store(true, Ordering::SeqCst);
+            tracing::warn!(error = %e, "offset re-commit failed; trying again shortly");
+        }
     }
 
     async fn final_commit(&mut self) {

@@ -26,7 +26,7 @@ use super::IngestReport;
 use crate::dlq::{DeadLetter, DlqSink};
 use crate::envelope::Envelope;
 use crate::store::postgres::ErrorClass;
-use crate::store::{Item, KafkaPos, Outcome, Store, StoreError};
+use crate::store::{Item, KafkaPos, LmdbError, Outcome, Store, StoreError};
 use crate::telemetry::names;
 
 /// Reason code of a message the database refused on its own (isolated by splitting the batch).
@@ -377,6 +377,11 @@ impl Writer {
                     return Ok(None);
                 }
                 Err(e) => match classify(&e) {
+                    ErrorClass::Transient if needs_operator(&e) => {
+                        // Retrying alone will not help: say so at error level on every attempt.
+                        tracing::error!(error = %e, cause = e.cause(), envelopes = chunk.items.len(), "store write failed; retrying the same batch (offsets do not move) until an operator makes room for LMDB");
+                        self.back_off(&mut backoff, e.cause(), report).await?;
+                    }
                     ErrorClass::Transient => {
                         tracing::warn!(error = %e, cause = e.cause(), envelopes = chunk.items.len(), "store write failed; retrying the same batch (offsets do not move)");
                         self.back_off(&mut backoff, e.cause(), report).await?;
@@ -530,6 +535,15 @@ pub fn classify(e: &StoreError) -> ErrorClass {
         StoreError::Lmdb(l) if l.is_retriable() => ErrorClass::Transient,
         StoreError::Lmdb(_) | StoreError::Task(_) => ErrorClass::Fatal,
     }
+}
+
+/// A transient failure that lasts until someone acts: LMDB's map at `lmdb.max_map_size`, or its
+/// filesystem full.
+fn needs_operator(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Lmdb(LmdbError::MapAtLimit { .. } | LmdbError::NoSpace(_))
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
