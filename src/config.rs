@@ -80,11 +80,21 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// libpq-style URL or key=value string. May hold a password: never log it (see `Debug`).
+    /// A `postgres://` URL may carry libpq's `sslmode` (all five modes) and `sslrootcert`
+    /// parameters; they must then agree with `sslmode` / `ssl_root_cert` below when those are set.
     pub url: String,
     pub pool_size: usize,
     /// How long a batch waits for a pooled connection before the attempt counts as a transient failure.
     pub pool_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// TLS to PostgreSQL, libpq's modes (implemented with rustls). Unset: the URL's `sslmode`,
+    /// else `verify-full` when `ssl_root_cert` is set, else `prefer` (libpq's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to. Required by
+    /// `verify-ca` and `verify-full`; with `require` it turns on chain verification (as libpq does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -94,7 +104,135 @@ impl fmt::Debug for PostgresConfig {
             .field("pool_size", &self.pool_size)
             .field("pool_timeout_ms", &self.pool_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("sslmode", &self.sslmode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
+    }
+}
+
+/// libpq's `sslmode`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server offers it, plain TCP otherwise; the certificate is not checked (no
+    /// protection against an active attacker, as with libpq).
+    Prefer,
+    /// TLS or fail; the certificate is checked only when `ssl_root_cert` is set (then as
+    /// `verify-ca`).
+    Require,
+    /// TLS or fail; the server's certificate must chain to `ssl_root_cert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The effective PostgreSQL connection settings: [`PostgresConfig::tls`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgConnection {
+    /// The URL for tokio-postgres: `postgres.url` without libpq's `sslmode`/`sslrootcert`
+    /// parameters (tokio-postgres knows only three modes and no CA parameter). Holds the password.
+    pub url: String,
+    pub sslmode: SslMode,
+    /// Set for `verify-ca` and `verify-full` (and for `require` given a CA, which then verifies
+    /// the chain).
+    pub root_cert: Option<PathBuf>,
+}
+
+impl fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("url", &redact_url(&self.url))
+            .field("sslmode", &self.sslmode)
+            .field("root_cert", &self.root_cert)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// Resolves TLS settings from `sslmode`, `ssl_root_cert` and the URL's libpq parameters. An
+    /// error when they contradict each other, or a verifying mode has no CA: a configuration that
+    /// could silently connect less safely than it says is refused.
+    pub fn tls(&self) -> Result<PgConnection, ConfigError> {
+        let (url, url_mode, url_root) = split_tls_params(&self.url)?;
+        let mode_from_url = match url_mode.as_deref() {
+            None => None,
+            Some(m) => Some(SslMode::parse(m).ok_or_else(|| ConfigError::Invalid {
+                key: "postgres.url",
+                value: format!("…sslmode={m}…"),
+                expected: "sslmode = disable, prefer, require, verify-ca or verify-full",
+            })?),
+        };
+        let sslmode = match (self.sslmode, mode_from_url) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigError::Load(format!(
+                "`postgres.sslmode` = {a} but postgres.url says sslmode={b}: set it in one place"
+            )))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) if self.ssl_root_cert.is_some() || url_root.is_some() => {
+                SslMode::VerifyFull
+            }
+            (None, None) => SslMode::Prefer,
+        };
+        let root_cert = match (&self.ssl_root_cert, url_root) {
+            (Some(a), Some(b)) if *a != b => {
+                return Err(ConfigError::Load(format!(
+                    "`postgres.ssl_root_cert` = {} but postgres.url says sslrootcert={}: set it in one place",
+                    a.display(),
+                    b.display()
+                )))
+            }
+            (Some(a), _) => Some(a.clone()),
+            (None, b) => b,
+        };
+        match (sslmode, &root_cert) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => Err(ConfigError::Invalid {
+                key: "postgres.ssl_root_cert",
+                value: "(unset)".into(),
+                expected: "a PEM file of the CA certificate(s) that signed the server's certificate (sslmode verify-ca and verify-full need one)",
+            }),
+            (SslMode::Disable | SslMode::Prefer, Some(p)) => Err(ConfigError::Invalid {
+                key: "postgres.ssl_root_cert",
+                value: p.display().to_string(),
+                expected: "no CA file with sslmode disable or prefer, which never verify certificates (use require, verify-ca or verify-full)",
+            }),
+            _ => Ok(PgConnection {
+                url,
+                sslmode,
+                root_cert,
+            }),
+        }
     }
 }
 
@@ -117,7 +255,7 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -131,6 +269,21 @@ pub struct KafkaConfig {
     pub drain_timeout_ms: u64,
     /// Passed to librdkafka unchanged (security.protocol, sasl.*, ssl.*, fetch tuning…).
     pub properties: BTreeMap<String, String>,
+}
+
+/// Secrets in `properties` ([`is_secret_property`]) are masked.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .field("properties", &mask_properties(&self.properties))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +366,8 @@ impl Default for Config {
                 pool_size: 8,
                 pool_timeout_ms: 5_000,
                 connect_timeout_ms: 5_000,
+                sslmode: None,
+                ssl_root_cert: None,
             },
             lmdb: LmdbConfig {
                 path: PathBuf::from("./data/lmdb"),
@@ -337,11 +492,12 @@ impl Config {
                 "a PostgreSQL URL such as postgres://user@host:5432/db",
             ));
         }
-        if self.postgres.url.parse::<tokio_postgres::Config>().is_err() {
+        let pg = self.postgres.tls()?;
+        if pg.url.parse::<tokio_postgres::Config>().is_err() {
             return Err(invalid(
                 "postgres.url",
                 redact_url(&self.postgres.url),
-                "a PostgreSQL URL such as postgres://user@host:5432/db",
+                "a PostgreSQL URL such as postgres://user@host:5432/db (TLS: postgres.sslmode and postgres.ssl_root_cert)",
             ));
         }
         if self.lmdb.map_size < 1 << 20 {
@@ -447,24 +603,277 @@ impl Config {
     }
 }
 
-/// Replaces the password of a PostgreSQL URL (or `password=` of a key=value string) with `***`.
+/// Replaces the password of a PostgreSQL URL (userinfo or a `password` query parameter) or of a
+/// key=value string (`password=…`, quoted or not) with `***`. Errs on the side of hiding too much:
+/// a URL's userinfo runs to its LAST `@`, so a raw `@` inside a password cannot expose its tail.
 pub fn redact_url(url: &str) -> String {
-    if let Some(rest) = url.split_once("://") {
-        let (scheme, rest) = rest;
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (creds, after) = match rest.rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:***@")
+                } else {
+                    format!("{userinfo}@")
+                };
+                (masked, &rest[at + 1..])
+            }
+            None => (String::new(), rest),
+        };
+        let after = match after.split_once('?') {
+            Some((host, query)) => {
+                let query = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, _)) if is_secret_conn_param(&percent_decode(k)) => {
+                            format!("{k}=***")
+                        }
+                        _ => kv.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&");
+                format!("{host}?{query}")
+            }
+            None => after.to_string(),
+        };
+        return format!("{scheme}://{creds}{after}");
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut pos = 0;
+    for kv in KvParams::new(url) {
+        match kv {
+            Ok(kv) => {
+                out.push_str(&url[pos..kv.start]);
+                if is_secret_conn_param(&kv.key) {
+                    out.push_str(&url[kv.start..kv.value_start]);
+                    out.push_str("***");
+                } else {
+                    out.push_str(&url[kv.start..kv.end]);
+                }
+                pos = kv.end;
+            }
+            Err(at) => {
+                // Not parseable from here on: hide the rest rather than guess.
+                out.push_str(&url[pos..at]);
+                out.push_str("***");
+                return out;
             }
         }
-        return url.to_string();
     }
-    url.split_whitespace()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_string(),
+    out.push_str(&url[pos..]);
+    out
+}
+
+/// Connection parameters that hold a secret.
+fn is_secret_conn_param(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+}
+
+/// Whether a `kafka.properties` key holds a secret (masked by `config`, never logged): librdkafka's
+/// sensitive properties (passwords, private keys, OAuth secrets and configs, JAAS) and anything
+/// else that names a password, secret, credential or token.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "credential", "token", "jaas"]
+        .iter()
+        .any(|w| k.contains(w))
+        || matches!(
+            k.as_str(),
+            "ssl.key.pem" | "ssl_key" | "ssl.keystore.pem" | "sasl.oauthbearer.config"
+        )
+}
+
+/// `properties` with secret values replaced by `***`.
+pub fn mask_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_property(k) {
+                "***".to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits libpq's `sslmode` and `sslrootcert` out of a connection string (tokio-postgres refuses
+/// `verify-ca`, `verify-full` and `sslrootcert`): the string without them, and their values.
+fn split_tls_params(url: &str) -> Result<(String, Option<String>, Option<PathBuf>), ConfigError> {
+    let mut mode = None;
+    let mut root = None;
+    if let Some((scheme, rest)) = url.split_once("://") {
+        // Where tokio-postgres's own parser ends the credentials: at the first `@`.
+        let creds_end = rest.find('@').map_or(0, |at| at + 1);
+        let Some(q) = rest[creds_end..].find('?').map(|q| creds_end + q) else {
+            return Ok((url.to_string(), None, None));
+        };
+        let mut kept = Vec::new();
+        for kv in rest[q + 1..].split('&') {
+            match kv.split_once('=').map(|(k, v)| (percent_decode(k), v)) {
+                Some((k, v)) if k == "sslmode" => mode = Some(percent_decode(v)),
+                Some((k, v)) if k == "sslrootcert" => root = Some(PathBuf::from(percent_decode(v))),
+                _ => kept.push(kv),
+            }
+        }
+        let base = &rest[..q];
+        let url = if kept.is_empty() {
+            format!("{scheme}://{base}")
+        } else {
+            format!("{scheme}://{base}?{}", kept.join("&"))
+        };
+        return Ok((url, mode, root));
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut pos = 0;
+    for kv in KvParams::new(url) {
+        let Ok(kv) = kv else {
+            // Leave the string as it is: tokio-postgres reports the syntax error (validation
+            // prints the string redacted).
+            return Ok((url.to_string(), None, None));
+        };
+        match kv.key.as_str() {
+            "sslmode" => mode = Some(kv.value),
+            "sslrootcert" => root = Some(PathBuf::from(kv.value)),
+            _ => {
+                out.push_str(&url[pos..kv.end]);
+                pos = kv.end;
+                continue;
+            }
+        }
+        out.push_str(&url[pos..kv.start]);
+        pos = kv.end;
+    }
+    out.push_str(&url[pos..]);
+    Ok((out, mode, root))
+}
+
+/// One `key = value` of a libpq key=value connection string.
+struct KvParam {
+    key: String,
+    value: String,
+    /// Byte offsets: start of the key, start of the value, end of the value.
+    start: usize,
+    value_start: usize,
+    end: usize,
+}
+
+/// The parameters of a key=value connection string, parsed as tokio-postgres does (values may be
+/// single-quoted; a backslash escapes the next character). `Err(offset)` where the syntax breaks.
+struct KvParams<'a> {
+    s: &'a str,
+    pos: usize,
+    failed: bool,
+}
+
+impl<'a> KvParams<'a> {
+    fn new(s: &'a str) -> Self {
+        KvParams {
+            s,
+            pos: 0,
+            failed: false,
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(c) = self.s[self.pos..].chars().next() {
+            if !c.is_whitespace() {
+                break;
+            }
+            self.pos += c.len_utf8();
+        }
+    }
+}
+
+impl Iterator for KvParams<'_> {
+    type Item = Result<KvParam, usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        self.skip_ws();
+        if self.pos >= self.s.len() {
+            return None;
+        }
+        let start = self.pos;
+        let fail = |me: &mut Self| {
+            me.failed = true;
+            Some(Err(start))
+        };
+        let key_len = self.s[start..]
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(self.s.len() - start);
+        let key = self.s[start..start + key_len].to_string();
+        self.pos = start + key_len;
+        self.skip_ws();
+        if key.is_empty() || !self.s[self.pos..].starts_with('=') {
+            return fail(self);
+        }
+        self.pos += 1;
+        self.skip_ws();
+        let value_start = self.pos;
+        let mut value = String::new();
+        let mut chars = self.s[self.pos..].char_indices();
+        let quoted = self.s[self.pos..].starts_with('\'');
+        if quoted {
+            chars.next();
+        }
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, e)) => value.push(e),
+                    None => return fail(self),
+                },
+                '\'' if quoted => {
+                    end = Some(self.pos + i + 1);
+                    break;
+                }
+                c if !quoted && c.is_whitespace() => {
+                    end = Some(self.pos + i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = match end {
+            Some(e) => e,
+            None if quoted => return fail(self),
+            None => self.s.len(),
+        };
+        self.pos = end;
+        Some(Ok(KvParam {
+            key,
+            value,
+            start,
+            value_start,
+            end,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -556,7 +965,128 @@ mod tests {
             pool_size: 1,
             pool_timeout_ms: 1,
             connect_timeout_ms: 1,
+            sslmode: None,
+            ssl_root_cert: None,
         };
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn redaction_hides_every_form_of_password() {
+        let cases = [
+            ("postgres://u:p%40ss@h:1/db", "postgres://u:***@h:1/db"),
+            // A raw `@` in the password: everything up to the last `@` is hidden.
+            ("postgres://u:p@ss@h:1/db", "postgres://u:***@h:1/db"),
+            (
+                "postgres://u@h/db?password=sekrit&x=1",
+                "postgres://u@h/db?password=***&x=1",
+            ),
+            (
+                "postgresql://h/db?passw%6Frd=sekrit",
+                "postgresql://h/db?passw%6Frd=***",
+            ),
+            (
+                "host=h password='a b\\' sekrit' user=u",
+                "host=h password=*** user=u",
+            ),
+            (
+                "host=h password = sekrit user=u",
+                "host=h password = *** user=u",
+            ),
+            ("host=h password='unterminated sekrit", "host=h ***"),
+            ("host=h sslpassword=sekrit", "host=h sslpassword=***"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "{url}");
+            assert!(!got.contains("sekrit") && !got.contains("ss@"), "{got}");
+        }
+    }
+
+    #[test]
+    fn secret_properties() {
+        for k in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "sasl.jaas.config",
+        ] {
+            assert!(is_secret_property(k), "{k}");
+        }
+        for k in ["sasl.username", "security.protocol", "ssl.ca.location"] {
+            assert!(!is_secret_property(k), "{k}");
+        }
+        let c = with_toml(
+            "[kafka.properties]\n\"sasl.password\" = \"sekrit\"\n\"sasl.username\" = \"me\"",
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sekrit") && dbg.contains("me"), "{dbg}");
+    }
+
+    #[test]
+    fn tls_settings_resolve_from_config_and_url() {
+        let pg = |url: &str, mode: Option<SslMode>, ca: Option<&str>| {
+            PostgresConfig {
+                url: url.into(),
+                sslmode: mode,
+                ssl_root_cert: ca.map(PathBuf::from),
+                ..Config::default().postgres
+            }
+            .tls()
+        };
+        let c = pg("postgres://u:p@h/db", None, None).unwrap();
+        assert_eq!((c.sslmode, c.root_cert), (SslMode::Prefer, None));
+        // A CA alone means "verify it".
+        let c = pg("postgres://u:p@h/db", None, Some("/ca.pem")).unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        // libpq's URL parameters are honoured and removed for tokio-postgres.
+        let c = pg(
+            "postgres://u:p@h/db?application_name=x&sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyCa);
+        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(c.url, "postgres://u:p@h/db?application_name=x");
+        let c = pg(
+            "host=h sslmode=require  sslrootcert='/a b.pem' user=u",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/a b.pem")));
+        assert_eq!(
+            c.url.split_whitespace().collect::<Vec<_>>(),
+            ["host=h", "user=u"]
+        );
+        // Contradictions and unsafe combinations are refused.
+        let err = |r: Result<PgConnection, ConfigError>| r.unwrap_err().to_string();
+        assert!(err(pg(
+            "postgres://h/db?sslmode=require",
+            Some(SslMode::VerifyFull),
+            Some("/ca")
+        ))
+        .contains("one place"));
+        assert!(err(pg("postgres://h/db", Some(SslMode::VerifyFull), None))
+            .contains("postgres.ssl_root_cert"));
+        assert!(
+            err(pg("postgres://h/db", Some(SslMode::Prefer), Some("/ca"))).contains("never verify")
+        );
+        assert!(err(pg("postgres://h/db?sslmode=bogus", None, None)).contains("verify-full"));
+        // Through the whole configuration (env-style keys).
+        let c = with_toml("[postgres]\nsslmode = \"verify-full\"\nssl_root_cert = \"/ca.pem\"")
+            .unwrap();
+        assert_eq!(c.postgres.sslmode, Some(SslMode::VerifyFull));
+        assert!(with_toml("[postgres]\nsslmode = \"verify-full\"").is_err());
+        assert!(with_toml("[postgres]\nsslmode = \"allow\"")
+            .unwrap_err()
+            .to_string()
+            .contains("postgres.sslmode"));
     }
 }

@@ -95,7 +95,7 @@ impl DlqSink {
             cc.set("message.timeout.ms", "30000");
         }
         Ok(DlqSink {
-            producer: cc.create()?,
+            producer: cc.create().map_err(crate::kafka::redact_error)?,
             configured_topic: config.kafka.dlq_topic.clone(),
         })
     }

@@ -125,7 +125,9 @@ pub async fn ensure_topics(
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = admin_config(brokers, properties).create()?;
+    let admin: AdminClient<DefaultClientContext> = admin_config(brokers, properties)
+        .create()
+        .map_err(redact_error)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         // -1: the broker's default.replication.factor (KIP-464), so production clusters get
@@ -147,6 +149,26 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// rust-rdkafka's configuration errors quote the property's value ("Client config error: <what>
+/// <key> <value>"): for a secret property (`sasl.password`, `ssl.key.password`…, see
+/// [`crate::config::is_secret_property`]) that would print the secret in the error. Every client
+/// is created through this: the value (and any copy of it in librdkafka's text) becomes `***`.
+pub fn redact_error(e: KafkaError) -> KafkaError {
+    match e {
+        KafkaError::ClientConfig(res, desc, key, value)
+            if crate::config::is_secret_property(&key) =>
+        {
+            let desc = if value.is_empty() {
+                desc
+            } else {
+                desc.replace(&value, "***")
+            };
+            KafkaError::ClientConfig(res, desc, key, "***".into())
+        }
+        e => e,
+    }
 }
 
 /// Whether a Kafka error is worth retrying (broker unreachable, leader moving, timeouts…) as
@@ -249,6 +271,39 @@ mod tests {
         assert_eq!(get(&c, "sasl.username").as_deref(), Some("u"));
         assert_eq!(get(&c, "group.id"), None);
         assert_eq!(get(&c, "fetch.max.bytes"), None);
+    }
+
+    #[test]
+    fn config_errors_do_not_quote_secrets() {
+        use rdkafka::types::RDKafkaConfRes;
+        let e = KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"sekrit\" for configuration property \"sasl.password\"".into(),
+            "sasl.password".into(),
+            "sekrit".into(),
+        );
+        let shown = redact_error(e).to_string();
+        assert!(
+            !shown.contains("sekrit") && shown.contains("***"),
+            "{shown}"
+        );
+        let e = KafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+            "No such configuration property".into(),
+            "no.such.property".into(),
+            "harmless".into(),
+        );
+        assert!(redact_error(e).to_string().contains("harmless"));
+        // A real refusal, where this librdkafka build has no OAuth/OIDC support.
+        let mut props = BTreeMap::new();
+        props.insert(
+            "sasl.oauthbearer.client.secret".to_string(),
+            "sekrit".to_string(),
+        );
+        if let Err(e) = producer_config("b:1", &props).create::<rdkafka::producer::BaseProducer>() {
+            let shown = redact_error(e).to_string();
+            assert!(!shown.contains("sekrit"), "{shown}");
+        }
     }
 
     #[test]

@@ -510,6 +510,7 @@ pub async fn run(
     };
     let producer: FutureProducer = crate::kafka::producer_config(brokers, properties)
         .create()
+        .map_err(crate::kafka::redact_error)
         .context("creating the Kafka producer")?;
 
     let bar = if opts.progress && std::io::stderr().is_terminal() {

@@ -214,11 +214,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Config => {
             let mut shown = config.clone();
             shown.postgres.url = crate::config::redact_url(&shown.postgres.url);
-            for (k, v) in shown.kafka.properties.iter_mut() {
-                if k.contains("password") || k.contains("secret") || k.contains("sasl.jaas") {
-                    *v = "***".into();
-                }
-            }
+            shown.kafka.properties = crate::config::mask_properties(&shown.kafka.properties);
             println!("{}", toml_dump(&shown)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -707,7 +707,12 @@ impl MainLoop<'_> {
         let mut out = HashMap::with_capacity(partitions.len());
         {
             let mut owned = lock(&self.owned);
+            // A position remembered from an earlier ownership of a partition is stale: another
+            // worker may have moved it on since. Committed again (re-commit, final commit) before our
+            // first batch of the new assignment, it would move the group's offset back.
+            let mut committed = lock(&self.committed);
             for a in partitions {
+                committed.remove(&a.tp);
                 let stored = applied
                     .get(&(a.tp.topic.to_string(), a.tp.partition))
                     .copied();
@@ -717,6 +722,7 @@ impl MainLoop<'_> {
                 self.catch_up.on_assign(&a.tp, start);
                 out.insert(a.tp.clone(), start);
             }
+            drop(committed);
             metrics::gauge!(names::ASSIGNED_PARTITIONS).set(owned.len() as f64);
         }
         if let Some(joined) = &self.opts.group_joined {

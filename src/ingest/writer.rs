@@ -482,13 +482,15 @@ impl Writer {
             // until the next commit supersedes this one.
             tracing::warn!(error = %e, "Kafka offset commit failed");
         }
-        drop(owned);
         {
+            // Under the ownership lock: a re-assignment (which forgets the old position) cannot
+            // slip in between the check above and this.
             let mut c = lock(&self.committed);
             for (tp, o) in &committed {
                 c.insert(tp.clone(), *o);
             }
         }
+        drop(owned);
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!(names::BATCHES_COMMITTED).increment(1);

@@ -87,6 +87,7 @@ impl HybridStore {
             .map(|(i, _)| i.envelope.header.payload_hash.as_str())
             .collect();
         others.retain(|h| !stored_hashes.contains(h.as_str()));
+        let mut healing = 0;
         if !others.is_empty() {
             // Everything at or below LMDB's last seq is in LMDB (our seqs only grow); what
             // PostgreSQL holds above it for these hashes was lost between two commits.
@@ -106,13 +107,15 @@ impl HybridStore {
                     count = healed.len(),
                     "healing LMDB: blobs PostgreSQL holds were missing"
                 );
-                metrics::counter!(names::LMDB_HEALED).increment(healed.len() as u64);
             }
+            healing = healed.len();
             blobs.extend(healed.into_iter().map(|(s, b)| (s, bytes::Bytes::from(b))));
         }
         self.lmdb
             .append_blobs(blobs, highest_offsets(items))
             .await?;
+        // Counted once LMDB holds them: a failed write (map full, disk full) heals nothing.
+        metrics::counter!(names::LMDB_HEALED).increment(healing as u64);
         Ok(())
     }
 
@@ -140,6 +143,7 @@ impl HybridStore {
         // Hashes this batch stores are being written now; only the others can be missing.
         let stored_now: HashSet<&str> = batch.blobs.iter().map(|b| b.0.as_str()).collect();
         others.retain(|h| !stored_now.contains(h.as_str()));
+        let mut healing = 0;
         if !others.is_empty() {
             others.sort_unstable();
             others.dedup();
@@ -151,14 +155,16 @@ impl HybridStore {
                         count = healed.len(),
                         "healing LMDB: blobs PostgreSQL holds were missing"
                     );
-                    metrics::counter!(names::LMDB_HEALED).increment(healed.len() as u64);
                 }
+                healing = healed.len();
                 batch
                     .blobs
                     .extend(healed.into_iter().map(|(h, b)| (h, bytes::Bytes::from(b))));
             }
         }
         self.lmdb.put_blobs(batch).await?;
+        // Counted once LMDB holds them: a failed write (map full, disk full) heals nothing.
+        metrics::counter!(names::LMDB_HEALED).increment(healing as u64);
         Ok(())
     }
 

@@ -116,6 +116,8 @@ struct Inner {
     max_map_size: u64,
     /// LMDB-only mode: this store is the replay guard and the id index.
     standalone: bool,
+    /// The environment directory (to tell a full filesystem from other IO errors).
+    path: PathBuf,
 }
 
 /// The LMDB repository. Cheap to clone.
@@ -204,6 +206,7 @@ impl LmdbStore {
                 gate: RwLock::new(()),
                 max_map_size,
                 standalone,
+                path: path.clone(),
             }),
         })
     }
@@ -227,7 +230,7 @@ impl LmdbStore {
             };
             match attempt {
                 Ok(v) => return Ok(v),
-                Err(TxnError::Other(e)) => return Err(e),
+                Err(TxnError::Other(e)) => return Err(self.diagnose(e)),
                 Err(TxnError::MapFull) => self.grow()?,
             }
         }
@@ -240,6 +243,23 @@ impl LmdbStore {
         let _shared = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
         let rtxn = self.inner.env.read_txn()?;
         Ok(f(&self.inner.dbs, &rtxn)?)
+    }
+
+    /// LMDB reports a write cut short by a full filesystem as EIO ("short write"), which reads
+    /// like a failing disk: an IO error of a write with almost no space left on the environment's
+    /// filesystem is [`LmdbError::NoSpace`], so it is named (and waited out) as what it is.
+    fn diagnose(&self, e: LmdbError) -> LmdbError {
+        let LmdbError::Io(msg) = e else { return e };
+        match rustix::fs::statvfs(&self.inner.path) {
+            Ok(st) if st.f_bavail.saturating_mul(st.f_frsize) < LOW_SPACE => {
+                LmdbError::NoSpace(format!(
+                    "{msg}: the filesystem of {} has {} bytes left",
+                    self.inner.path.display(),
+                    st.f_bavail.saturating_mul(st.f_frsize)
+                ))
+            }
+            _ => LmdbError::Io(msg),
+        }
     }
 
     fn grow(&self) -> Result<(), LmdbError> {
@@ -560,6 +580,11 @@ fn write_offsets(
     }
     Ok(())
 }
+
+/// Free space under which an IO error of a write transaction is taken for a full filesystem: twice
+/// the largest batch (`batch.max_bytes` defaults to 8 MiB), so a write that needed more than what
+/// was left counts.
+const LOW_SPACE: u64 = 16 << 20;
 
 fn page_align(size: u64) -> usize {
     const PAGE: u64 = 4096;

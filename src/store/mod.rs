@@ -6,6 +6,7 @@
 
 pub mod hybrid;
 pub mod lmdb;
+pub mod pg_tls;
 pub mod postgres;
 
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use super::{classify_in_batch, AppliedOffsets, EventMetadata, Item, Outcome};
-use crate::config::PostgresConfig;
+use crate::config::{PostgresConfig, SslMode};
 
 /// What kind of PostgreSQL failure this is, which decides what the ingest loop does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,8 +246,12 @@ pub struct PgStore {
 impl PgStore {
     /// Builds the pool and checks that the server answers.
     pub async fn connect(cfg: &PostgresConfig) -> Result<PgStore, PgError> {
+        let conn = cfg.tls().map_err(|e| PgError {
+            kind: PgErrorKind::Other,
+            message: e.to_string(),
+        })?;
         let mut pg: tokio_postgres::Config =
-            cfg.url
+            conn.url
                 .parse()
                 .map_err(|e: tokio_postgres::Error| PgError {
                     kind: PgErrorKind::Other,
@@ -257,13 +261,28 @@ impl PgStore {
         if pg.get_application_name().is_none() {
             pg.application_name("nekhebet-store");
         }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        pg.ssl_mode(match conn.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match conn.sslmode {
+            SslMode::Disable => Manager::from_config(pg, NoTls, manager_config()),
+            mode => {
+                let tls = super::pg_tls::connector(mode, conn.root_cert.as_deref()).map_err(
+                    |message| PgError {
+                        kind: PgErrorKind::Other,
+                        message,
+                    },
+                )?;
+                Manager::from_config(pg, tls, manager_config())
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size)
             .wait_timeout(Some(Duration::from_millis(cfg.pool_timeout_ms)))
