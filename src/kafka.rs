@@ -33,6 +33,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         // Lag per partition comes from librdkafka's statistics (see ingest); an operator may
         // override the interval through `kafka.properties`.
         .set("statistics.interval.ms", "5000")
+        // librdkafka pre-fetches up to 64 MiB by default; a quarter of that keeps several batches
+        // ahead of the writer while keeping resident memory flat whatever the backlog.
+        .set("queued.max.messages.kbytes", "16384")
         .set("client.id", "nekhebet-store");
     for (k, v) in PINNED_CONSUMER {
         c.set(*k, *v);
