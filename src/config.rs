@@ -392,7 +392,7 @@ impl Default for Config {
                 max_records: 1_000,
                 max_bytes: 8 * 1024 * 1024,
                 linger_ms: 50,
-                max_in_flight: 2,
+                max_in_flight: 3,
             },
             verify: VerifySettings {
                 enabled: true,

@@ -13,8 +13,10 @@
 //!   rebalance callbacks.
 //! - The main loop batches, hands batches on while fewer than `batch.max_in_flight` are between
 //!   hand-off and commit, and handles rebalances and shutdown.
-//! - `prepare` decodes and checks batch N+1 (off the runtime) while the writer writes batch N.
-//! - The writer writes batches one at a time, in order (see [`writer`]).
+//! - `prepare` decodes and checks a batch (off the runtime) while the writer writes earlier ones.
+//! - The writer writes batches in order, overlapping one batch's PostgreSQL transaction with the
+//!   previous batch's LMDB transaction (see [`writer`]). So it holds up to two batches, and
+//!   keeping `prepare` busy as well takes `batch.max_in_flight` = 3 (the default).
 
 pub mod backoff;
 pub mod consumer;

@@ -1,12 +1,21 @@
 //! The write stage: per batch, dead-letter the rejected messages, save the valid ones (ONE
 //! PostgreSQL + ONE LMDB transaction), then commit the batch's Kafka offsets. Batches are written
-//! strictly one after another, in consumption order, so the stores' applied offsets and Kafka's
-//! committed offsets only ever move forward.
+//! in consumption order, so the stores' applied offsets and Kafka's committed offsets only ever
+//! move forward.
 //!
 //! Order inside a batch matters: the stores record the highest applied offset of a partition, so
 //! a rejected message below it must already be acknowledged by the dead-letter topic when the
 //! store transaction commits — otherwise a crash in between would skip it on restart. Hence: DLQ
 //! first, then the store, then Kafka.
+//!
+//! The two store transactions are pipelined across batches: batch N's LMDB transaction (mostly an
+//! fsync) runs in a task while batch N+1 is dead-lettered and written to PostgreSQL; then N is
+//! finished (its LMDB transaction awaited, retried on its own if it failed, its offsets committed)
+//! before N+1's LMDB transaction starts. So LMDB transactions still run one at a time in batch
+//! order (the append layout and the heal checks rely on that), commits stay in batch order, and a
+//! batch's offsets are committed only once both of its transactions are. A crash with PostgreSQL
+//! one batch ahead of LMDB is the crash between the two commits the hybrid store already heals
+//! on redelivery (its applied offsets are the lower of the two).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +26,7 @@ use rand::SeedableRng;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
@@ -26,7 +36,7 @@ use super::IngestReport;
 use crate::dlq::{DeadLetter, DlqSink};
 use crate::envelope::Envelope;
 use crate::store::postgres::ErrorClass;
-use crate::store::{Item, KafkaPos, LmdbError, Outcome, Store, StoreError};
+use crate::store::{Item, KafkaPos, LmdbError, Outcome, PgPhase, Store, StoreError};
 use crate::telemetry::names;
 
 /// Reason code of a message the database refused on its own (isolated by splitting the batch).
@@ -107,6 +117,29 @@ pub struct Writer {
     pub rng: StdRng,
 }
 
+/// A batch whose fates are decided and whose saved parts still need LMDB.
+struct Staged {
+    id: u64,
+    records: Vec<Record>,
+    fates: Vec<Fate>,
+    report: IngestReport,
+    /// The parts PostgreSQL saved, in save order, with what their LMDB transactions need.
+    saved: Vec<(Vec<Item>, PgPhase)>,
+}
+
+/// A batch whose LMDB transactions run in a task.
+struct InLmdb {
+    staged: Staged,
+    task: JoinHandle<LmdbDone>,
+}
+
+/// How far a batch's LMDB task got: `saved[..written]` are in LMDB; `result` is why it stopped.
+struct LmdbDone {
+    saved: Vec<(Vec<Item>, PgPhase)>,
+    written: usize,
+    result: Result<(), StoreError>,
+}
+
 /// Valid items still to save, with their record indexes.
 struct Chunk {
     idx: Vec<usize>,
@@ -142,31 +175,74 @@ impl Writer {
         mut rx: mpsc::Receiver<Prepared>,
         done: mpsc::UnboundedSender<Completion>,
     ) -> Result<(), WriteError> {
-        while let Some(batch) = rx.recv().await {
-            let completion = self.write(batch).await?;
-            // The main loop may be gone at the very end of a shutdown: the batch is committed, so
-            // nothing is lost by not reporting it.
+        // The batch whose LMDB transaction is running, if any.
+        let mut pending: Option<InLmdb> = None;
+        loop {
+            let batch = tokio::select! {
+                batch = rx.recv() => batch,
+                // An idle worker still commits its last batch as soon as LMDB holds it.
+                res = async { (&mut pending.as_mut().expect("guarded").task).await }, if pending.is_some() => {
+                    let p = pending.take().expect("guarded");
+                    let completion = self.finish(p.staged, res).await?;
+                    // The main loop may be gone at the very end of a shutdown: the batch is
+                    // committed, so nothing is lost by not reporting it.
+                    let _ = done.send(completion);
+                    continue;
+                }
+            };
+            let Some(batch) = batch else { break };
+            let staged = match self.write_postgres(batch).await {
+                Ok(staged) => staged,
+                Err(e) => {
+                    // A fatal error in this batch does not make the previous one wrong: finish
+                    // it as the sequential writer would have. On a hard stop it stays
+                    // uncommitted.
+                    if let (WriteError::Fatal(_), Some(p)) = (&e, pending.take()) {
+                        let res = p.task.await;
+                        let completion = self.finish(p.staged, res).await?;
+                        let _ = done.send(completion);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(p) = pending.take() {
+                let res = p.task.await;
+                let completion = self.finish(p.staged, res).await?;
+                let _ = done.send(completion);
+            }
+            pending = Some(self.start_lmdb(staged));
+        }
+        if let Some(p) = pending.take() {
+            let res = p.task.await;
+            let completion = self.finish(p.staged, res).await?;
             let _ = done.send(completion);
         }
         Ok(())
     }
 
-    async fn write(&mut self, batch: Prepared) -> Result<Completion, WriteError> {
+    /// Dead-letters the rejects and saves the valid messages to PostgreSQL: every message's fate
+    /// is decided, nothing is in LMDB or committed yet.
+    async fn write_postgres(&mut self, batch: Prepared) -> Result<Staged, WriteError> {
         let Prepared {
             id,
             records,
             verdicts,
         } = batch;
         let n = records.len();
-        let mut fates = vec![Fate::Pending; n];
-        let mut report = IngestReport::default();
+        let mut staged = Staged {
+            id,
+            fates: vec![Fate::Pending; n],
+            report: IngestReport::default(),
+            saved: Vec::new(),
+            records,
+        };
         let mut letters = Vec::new();
         let mut chunk = Chunk {
             idx: Vec::with_capacity(n),
             items: Vec::with_capacity(n),
         };
         for (i, verdict) in verdicts.into_iter().enumerate() {
-            let r = &records[i];
+            let r = &staged.records[i];
             match verdict {
                 Ok(envelope) => {
                     chunk.idx.push(i);
@@ -183,10 +259,100 @@ impl Writer {
             }
         }
 
-        self.dead_letter(&records, &mut fates, letters, &mut report)
-            .await?;
-        self.save_isolating(&records, &mut fates, chunk, &mut report)
-            .await?;
+        self.dead_letter(
+            &staged.records,
+            &mut staged.fates,
+            letters,
+            &mut staged.report,
+        )
+        .await?;
+        self.save_isolating(&mut staged, chunk).await?;
+        Ok(staged)
+    }
+
+    /// Starts the LMDB transactions of a batch saved to PostgreSQL, in a task.
+    fn start_lmdb(&self, mut staged: Staged) -> InLmdb {
+        let saved = std::mem::take(&mut staged.saved);
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let mut written = 0;
+            let mut result = Ok(());
+            for (items, phase) in &saved {
+                match store.write_lmdb(items, phase).await {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            LmdbDone {
+                saved,
+                written,
+                result,
+            }
+        });
+        InLmdb { staged, task }
+    }
+
+    /// Completes a batch once its LMDB task ended: retries what LMDB did not take (LMDB only:
+    /// PostgreSQL already decided the outcomes), then commits the offsets.
+    async fn finish(
+        &mut self,
+        mut staged: Staged,
+        task: Result<LmdbDone, tokio::task::JoinError>,
+    ) -> Result<Completion, WriteError> {
+        let LmdbDone {
+            saved,
+            mut written,
+            mut result,
+        } = task.map_err(|e| WriteError::Fatal(format!("LMDB write task failed: {e}")))?;
+        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
+        loop {
+            if let Err(e) = result {
+                let envelopes = saved[written].0.len();
+                match classify(&e) {
+                    ErrorClass::Transient if needs_operator(&e) => {
+                        tracing::error!(error = %e, cause = e.cause(), envelopes, "LMDB write failed; retrying it (offsets do not move) until an operator makes room for LMDB");
+                    }
+                    ErrorClass::Transient => {
+                        tracing::warn!(error = %e, cause = e.cause(), envelopes, "LMDB write failed; retrying it (offsets do not move)");
+                    }
+                    // PostgreSQL already stored these messages: there is nothing to isolate.
+                    ErrorClass::Message | ErrorClass::Fatal => {
+                        tracing::error!(error = %e, cause = e.cause(), "LMDB write failed and retrying cannot help; stopping without committing");
+                        return Err(WriteError::Fatal(format!("store: {e}")));
+                    }
+                }
+                self.back_off(&mut backoff, e.cause(), &mut staged.report)
+                    .await?;
+            }
+            // Every saved part, even of partitions revoked meanwhile: PostgreSQL holds them, and a
+            // later batch's LMDB transaction must not pass a hole.
+            result = Ok(());
+            while written < saved.len() {
+                let (items, phase) = &saved[written];
+                match self.store.write_lmdb(items, phase).await {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                break;
+            }
+        }
+        self.recovered(&backoff);
+
+        let Staged {
+            id,
+            records,
+            fates,
+            mut report,
+            ..
+        } = staged;
         let committed = self.commit(&records, &fates, &mut report);
 
         for (i, fate) in fates.iter().enumerate() {
@@ -283,27 +449,27 @@ impl Writer {
     /// transient one) splits the batch until that message is alone, then dead-letters it.
     async fn save_isolating(
         &mut self,
-        records: &[Record],
-        fates: &mut [Fate],
+        staged: &mut Staged,
         chunk: Chunk,
-        report: &mut IngestReport,
     ) -> Result<(), WriteError> {
         // Depth-first, left half first: items are saved in consumption order, so a partition's
         // applied offset never passes a message that is still undecided.
         let mut stack = vec![chunk];
         while let Some(mut chunk) = stack.pop() {
-            match self
-                .save_with_retry(records, fates, &mut chunk, report)
-                .await?
-            {
+            match self.save_with_retry(staged, &mut chunk).await? {
                 None => {}
                 Some(e) if chunk.items.len() == 1 => {
                     let i = chunk.idx[0];
-                    let r = &records[i];
+                    let r = &staged.records[i];
                     tracing::warn!(partition = %r.tp, offset = r.offset, error = %e, "the database refuses this message; dead-lettering it");
                     let l = letter(r, STORE_REJECTED.to_string(), e.to_string());
-                    self.dead_letter(records, fates, vec![(i, l)], report)
-                        .await?;
+                    self.dead_letter(
+                        &staged.records,
+                        &mut staged.fates,
+                        vec![(i, l)],
+                        &mut staged.report,
+                    )
+                    .await?;
                 }
                 Some(_) => {
                     let mid = chunk.items.len() / 2;
@@ -319,15 +485,16 @@ impl Writer {
         Ok(())
     }
 
-    /// One save with retries on transient errors. `Ok(None)`: saved, fates set. `Ok(Some(e))`: a
-    /// data error to isolate.
+    /// One PostgreSQL phase with retries on transient errors. `Ok(None)`: saved, fates set, the
+    /// part queued in `staged.saved` for LMDB. `Ok(Some(e))`: a data error to isolate.
     async fn save_with_retry(
         &mut self,
-        records: &[Record],
-        fates: &mut [Fate],
+        staged: &mut Staged,
         chunk: &mut Chunk,
-        report: &mut IngestReport,
     ) -> Result<Option<StoreError>, WriteError> {
+        let records = &staged.records;
+        let fates = &mut staged.fates;
+        let report = &mut staged.report;
         let mut backoff = Backoff::new(self.retry.base, self.retry.max);
         loop {
             // Drop what is no longer ours before each attempt: after a revocation the next owner
@@ -348,17 +515,18 @@ impl Writer {
                 return Ok(None);
             }
             let started = Instant::now();
-            match self.store.save_batch(&chunk.items).await {
-                Ok(outcomes) => {
+            match self.store.save_postgres(&chunk.items).await {
+                Ok(phase) => {
                     self.record_store_latency(started.elapsed());
-                    if outcomes.len() != chunk.items.len() {
+                    if phase.outcomes.len() != chunk.items.len() {
                         return Err(WriteError::Fatal(format!(
                             "internal error: the store returned {} outcomes for {} envelopes",
-                            outcomes.len(),
+                            phase.outcomes.len(),
                             chunk.items.len()
                         )));
                     }
-                    for ((&i, item), o) in chunk.idx.iter().zip(&chunk.items).zip(outcomes) {
+                    for ((&i, item), &o) in chunk.idx.iter().zip(&chunk.items).zip(&phase.outcomes)
+                    {
                         if o == Outcome::Replay {
                             let h = &item.envelope.header;
                             let r = &records[i];
@@ -373,6 +541,7 @@ impl Writer {
                         }
                         fates[i] = Fate::Done(o);
                     }
+                    staged.saved.push((std::mem::take(&mut chunk.items), phase));
                     self.recovered(&backoff);
                     return Ok(None);
                 }

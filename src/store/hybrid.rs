@@ -1,5 +1,7 @@
 //! Hybrid repository: PostgreSQL first (authoritative), then ONE LMDB write transaction with the
-//! blobs PostgreSQL holds for the batch.
+//! blobs PostgreSQL holds for the batch. The two are separate phases ([`HybridStore::save_postgres`],
+//! [`HybridStore::write_lmdb`]) so the ingest writer can overlap one batch's PostgreSQL
+//! transaction with the previous batch's LMDB transaction.
 //!
 //! The LMDB transaction writes the newly stored blobs and also heals: any envelope of the batch that
 //! PostgreSQL did not store now (duplicate, replay, redelivered) but whose content hash PostgreSQL
@@ -15,6 +17,28 @@ use super::lmdb::BlobBatch;
 use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, StoreError};
 use crate::config::LmdbLayout;
 use crate::telemetry::names;
+
+/// What a batch's LMDB phase needs from its PostgreSQL phase.
+#[derive(Debug, Clone, Default)]
+pub struct PgPhase {
+    /// One per item, in order: final once PostgreSQL committed.
+    pub outcomes: Vec<Outcome>,
+    /// PostgreSQL seq of each content hash this batch stored (append layout).
+    seqs: HashMap<String, i64>,
+    /// Heals take no seq above this (see [`HybridStore::save_postgres`]).
+    heal_ceiling: i64,
+}
+
+impl PgPhase {
+    /// A phase with nothing left for LMDB to do (PostgreSQL-only or LMDB-only stores).
+    pub fn done(outcomes: Vec<Outcome>) -> PgPhase {
+        PgPhase {
+            outcomes,
+            seqs: HashMap::new(),
+            heal_ceiling: i64::MAX,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct HybridStore {
@@ -45,29 +69,57 @@ impl HybridStore {
         self.layout
     }
 
+    /// Both phases, one after the other (import, tests).
     pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
+        let phase = self.save_postgres(items).await?;
+        self.write_lmdb(items, &phase).await?;
+        Ok(phase.outcomes)
+    }
+
+    /// Phase 1: the PostgreSQL transaction. Once it returns, the outcomes are final; the batch
+    /// is durable in LMDB only after [`HybridStore::write_lmdb`] with the returned phase.
+    pub async fn save_postgres(&self, items: &[Item]) -> Result<PgPhase, StoreError> {
         let started = Instant::now();
         let (outcomes, seqs) = self.pg.save_batch_with_seqs(items).await?;
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "postgres")
             .record(started.elapsed().as_secs_f64());
         failpoint("after_postgres_commit");
+        // Append-layout heals take PostgreSQL seqs above LMDB's last one. The ingest writer runs
+        // this phase for the next batch while LMDB still writes this one, so by the time this
+        // batch heals, PostgreSQL may hold that next batch's seqs too; healing one of them (a
+        // hash this batch saw as redelivered that the next one stores) would move LMDB's last
+        // seq past blobs not written yet, which the next batch would then skip as present. Seqs
+        // only grow, so everything a later save inserts lies above the highest seq now.
+        let heal_ceiling = if self.layout == LmdbLayout::Append
+            && outcomes.iter().any(|o| *o != Outcome::Stored)
+        {
+            self.pg.max_seq().await?
+        } else {
+            i64::MAX
+        };
+        Ok(PgPhase {
+            outcomes,
+            seqs,
+            heal_ceiling,
+        })
+    }
 
+    /// Phase 2: ONE LMDB write transaction with the blobs PostgreSQL holds for the batch (and
+    /// heals). Phases 2 must run one at a time, in the order of their phases 1: the append layout
+    /// and both heal checks assume every earlier batch is already in LMDB.
+    pub async fn write_lmdb(&self, items: &[Item], phase: &PgPhase) -> Result<(), StoreError> {
         let started = Instant::now();
         match self.layout {
-            LmdbLayout::Compatible => self.write_compatible(items, &outcomes).await?,
-            LmdbLayout::Append => self.write_append(items, &outcomes, &seqs).await?,
+            LmdbLayout::Compatible => self.write_compatible(items, &phase.outcomes).await?,
+            LmdbLayout::Append => self.write_append(items, phase).await?,
         }
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "lmdb")
             .record(started.elapsed().as_secs_f64());
-        Ok(outcomes)
+        Ok(())
     }
 
-    async fn write_append(
-        &self,
-        items: &[Item],
-        outcomes: &[Outcome],
-        seqs: &HashMap<String, i64>,
-    ) -> Result<(), StoreError> {
+    async fn write_append(&self, items: &[Item], phase: &PgPhase) -> Result<(), StoreError> {
+        let (outcomes, seqs) = (&phase.outcomes, &phase.seqs);
         let mut blobs = Vec::new();
         let mut others = Vec::new();
         for (item, outcome) in items.iter().zip(outcomes) {
@@ -100,7 +152,7 @@ impl HybridStore {
                 .envelopes_after_seq(&others, last)
                 .await?
                 .into_iter()
-                .filter(|(s, _)| !stored_now.contains(s))
+                .filter(|(s, _)| *s <= phase.heal_ceiling && !stored_now.contains(s))
                 .collect();
             if !healed.is_empty() {
                 tracing::warn!(
@@ -115,7 +167,9 @@ impl HybridStore {
             .append_blobs(blobs, highest_offsets(items))
             .await?;
         // Counted once LMDB holds them: a failed write (map full, disk full) heals nothing.
-        metrics::counter!(names::LMDB_HEALED).increment(healing as u64);
+        if healing > 0 {
+            metrics::counter!(names::LMDB_HEALED).increment(healing as u64);
+        }
         Ok(())
     }
 
@@ -164,7 +218,9 @@ impl HybridStore {
         }
         self.lmdb.put_blobs(batch).await?;
         // Counted once LMDB holds them: a failed write (map full, disk full) heals nothing.
-        metrics::counter!(names::LMDB_HEALED).increment(healing as u64);
+        if healing > 0 {
+            metrics::counter!(names::LMDB_HEALED).increment(healing as u64);
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::config::{Config, StoreMode};
 use crate::envelope::Envelope;
 
-pub use hybrid::HybridStore;
+pub use hybrid::{HybridStore, PgPhase};
 pub use lmdb::{LmdbError, LmdbStore};
 pub use postgres::{ErrorClass, PgError, PgStore};
 
@@ -152,6 +152,25 @@ impl Store {
             Store::Postgres(pg) => Ok(pg.save_batch(items).await?),
             Store::Lmdb(lmdb) => lmdb.save_batch(items.to_vec()).await,
             Store::Hybrid(h) => h.save_batch(items).await,
+        }
+    }
+
+    /// Phase 1 of [`Store::save_batch`]: the hybrid store's PostgreSQL transaction (outcomes are
+    /// final once it returns); the whole save for the single-database stores.
+    pub async fn save_postgres(&self, items: &[Item]) -> Result<PgPhase, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(PgPhase::done(pg.save_batch(items).await?)),
+            Store::Lmdb(lmdb) => Ok(PgPhase::done(lmdb.save_batch(items.to_vec()).await?)),
+            Store::Hybrid(h) => h.save_postgres(items).await,
+        }
+    }
+
+    /// Phase 2 of [`Store::save_batch`]: the hybrid store's LMDB transaction for a phase 1 (a
+    /// no-op for the single-database stores). Run phases 2 one at a time, in phase-1 order.
+    pub async fn write_lmdb(&self, items: &[Item], phase: &PgPhase) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(_) | Store::Lmdb(_) => Ok(()),
+            Store::Hybrid(h) => h.write_lmdb(items, phase).await,
         }
     }
 

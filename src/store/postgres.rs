@@ -545,6 +545,15 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// The highest seq stored (0 when empty).
+    pub async fn max_seq(&self) -> Result<i64, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT COALESCE(max(seq), 0)::bigint FROM events", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// (seq, envelope) of those content hashes stored with a seq above `after`, in seq order: the
     /// blobs an append-layout LMDB may lack after a crash between the two commits.
     pub async fn envelopes_after_seq(
