@@ -65,12 +65,15 @@ def run(args, env=None, capture=True):
 
 
 def peak_rss_run(args, env):
-    """Runs a command, sampling its VmHWM; returns (stdout, stderr, peak_rss_bytes, seconds)."""
+    """Runs a command, sampling /proc/PID/status; returns (stdout, stderr, peaks, seconds) where
+    peaks = {"rss": VmHWM, "anon": max RssAnon, "file": max RssFile}. LMDB is memory-mapped: pages
+    of its file that the process touched count in RSS as RssFile, page cache the kernel reclaims
+    at will; RssAnon is the process's own memory (heap, buffers, queues)."""
     full = dict(os.environ)
     full.update(env)
     started = time.perf_counter()
     p = subprocess.Popen(args, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = {"rss": 0, "anon": 0, "file": 0}
     out = {}
 
     def sample():
@@ -79,8 +82,9 @@ def peak_rss_run(args, env):
             try:
                 with open(path) as f:
                     for line in f:
-                        if line.startswith("VmHWM:"):
-                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                        for key, field in (("rss", "VmHWM:"), ("anon", "RssAnon:"), ("file", "RssFile:")):
+                            if line.startswith(field):
+                                peak[key] = max(peak[key], int(line.split()[1]) * 1024)
             except OSError:
                 pass
             time.sleep(0.1)
@@ -93,7 +97,7 @@ def peak_rss_run(args, env):
     if p.returncode != 0:
         sys.stderr.write(f"worker failed ({p.returncode}):\n{out['stdout']}\n{out['stderr'][-4000:]}\n")
         raise SystemExit(1)
-    return out["stdout"], out["stderr"], peak[0], seconds
+    return out["stdout"], out["stderr"], peak, seconds
 
 
 def worker(topic, partitions_env, verify, layout, tag, workdir):
@@ -150,7 +154,9 @@ def main():
             results["runs"][tag] = {
                 "envelopes_per_s": rate,
                 "stored": stored,
-                "peak_rss_bytes": peak,
+                "peak_rss_bytes": peak["rss"],
+                "peak_anon_bytes": peak["anon"],
+                "peak_file_mapped_bytes": peak["file"],
                 "process_seconds": seconds,
                 "report": report,
             }
@@ -197,11 +203,13 @@ def main():
     results["worker_vs_python"] = off / py
     results["verify_on_vs_off"] = on / off
     results["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in results["runs"].values())
+    results["peak_anon_bytes"] = max(r["peak_anon_bytes"] for r in results["runs"].values())
 
     print()
-    print(f"{'contender':<42} {'envelopes/s':>12} {'peak RSS MiB':>13}")
+    print(f"{'contender':<42} {'envelopes/s':>12} {'peak RSS MiB':>13} {'of it anon':>11}")
     for tag, r in results["runs"].items():
-        print(f"{'worker ' + tag:<42} {r['envelopes_per_s']:>12.0f} {r['peak_rss_bytes'] / 2**20:>13.1f}")
+        print(f"{'worker ' + tag:<42} {r['envelopes_per_s']:>12.0f} {r['peak_rss_bytes'] / 2**20:>13.1f} "
+              f"{r['peak_anon_bytes'] / 2**20:>11.1f}")
     for layout, c in results["ceiling"].items():
         print(f"{'ceiling COPY + 1 LMDB txn (' + layout + ')':<42} {c['ceiling_per_s']:>12.0f}")
         print(f"{'  of which PostgreSQL binary COPY':<42} {c['postgres_rows_per_s']:>12.0f}")
@@ -209,7 +217,8 @@ def main():
     print(f"{'python nekhebet-store 4.0.0 (' + str(a.python_count) + ')':<42} {py:>12.0f}")
     print()
     print(f"worker_vs_ceiling {results['worker_vs_ceiling']:.2f}   worker_vs_python {results['worker_vs_python']:.1f}   "
-          f"verify_on_vs_off {results['verify_on_vs_off']:.2f}   peak_rss {results['peak_rss_bytes'] / 2**20:.0f} MiB")
+          f"verify_on_vs_off {results['verify_on_vs_off']:.2f}   peak_rss {results['peak_rss_bytes'] / 2**20:.0f} MiB "
+          f"(anon {results['peak_anon_bytes'] / 2**20:.0f} MiB)")
 
     os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
     with open(os.path.join(ROOT, "target", "bench", "ingest.json"), "w") as f:
