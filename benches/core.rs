@@ -13,7 +13,7 @@ use ed25519_dalek::SigningKey;
 use nekhebet_store::batch::{BatchLimits, Batcher, Push};
 use nekhebet_store::envelope::{self, Envelope, Limits};
 use nekhebet_store::signing::{sign, EnvelopeSpec};
-use nekhebet_store::verify::{VerifyConfig, Verifier};
+use nekhebet_store::verify::{Verifier, VerifyConfig};
 
 fn envelopes(n: usize) -> Vec<Bytes> {
     let key = SigningKey::from_bytes(&[7u8; 32]);
@@ -149,5 +149,11 @@ fn bench_batcher(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_canonical, bench_verify, bench_batcher);
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_canonical,
+    bench_verify,
+    bench_batcher
+);
 criterion_main!(benches);
