@@ -50,15 +50,21 @@ async fn chaos(messages: u64, kills: u32) {
     for kill in 1..=kills {
         let mut w = s.spawn(&format!("worker-{kill}"), &[], &[]);
         // One kill in four at any moment of the start (opening the stores, joining the group);
-        // the others while it consumes, at a random moment up to 4 s after its assignment: in a
-        // batch, between the PostgreSQL and the LMDB commit, between a DLQ acknowledgement and the
-        // offset commit, during a rebalance.
+        // the others while it consumes, at a random moment after its assignment: half within the
+        // first 800 ms, while it works through the backlog that built up as the group waited for
+        // the killed member's session to expire (big batches, both stores busy), the rest within
+        // 4 s. So kills land in a batch, between the PostgreSQL and the LMDB commit, between a
+        // store commit and the Kafka commit, between a DLQ acknowledgement and the offset commit.
         let during_start = rng.gen_bool(0.25);
         if !during_start {
             f::wait_log(&w, "partition assigned", Duration::from_secs(90)).await;
         }
-        let moment =
-            Duration::from_millis(rng.gen_range(0..if during_start { 3000 } else { 4000 }));
+        let within = match (during_start, rng.gen_bool(0.5)) {
+            (true, _) => 3000,
+            (false, true) => 800,
+            (false, false) => 4000,
+        };
+        let moment = Duration::from_millis(rng.gen_range(0..within));
         tokio::time::sleep(moment).await;
         w.crash();
         eprintln!(
@@ -81,14 +87,58 @@ async fn chaos(messages: u64, kills: u32) {
         .await;
     w.terminate_ok(s.stop_timeout());
     let repeats = s.assert_exactly_once(&produced, true).await;
+    let (ahead, heals) = crash_windows(s.logs.path());
     eprintln!(
         "chaos passed in {:.0}s: {messages} messages, {kills} kills, {} stored, {} poison in the DLQ \
-         ({repeats} repeated letters), final worker: {} redelivered",
+         ({repeats} repeated letters); kills that landed between a store commit and the Kafka \
+         commit: {ahead} partition resumptions from the stores ahead of Kafka; between the \
+         PostgreSQL and the LMDB commit: {heals} LMDB heals; final worker: {} redelivered",
         started.elapsed().as_secs_f64(),
         produced.valid,
         produced.poison,
         f::outcome_from_table(&w.log_text(), "redelivered").unwrap_or(0),
     );
+}
+
+/// Evidence of where the kills landed, from the workers' logs: partitions resumed from the stores'
+/// offsets ahead of Kafka's committed ones (killed after a store commit, before the Kafka commit),
+/// and LMDB heals (killed between the PostgreSQL and the LMDB commit).
+fn crash_windows(logs: &std::path::Path) -> (usize, usize) {
+    let (mut ahead, mut heals) = (0, 0);
+    for entry in std::fs::read_dir(logs).expect("logs").flatten() {
+        let text = strip_ansi(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        heals += text.matches("healing LMDB").count();
+        for line in text.lines().filter(|l| l.contains("partition assigned")) {
+            let field = |name: &str| -> Option<i64> {
+                let rest = &line[line.find(&format!("{name}=Some("))? + name.len() + 6..];
+                rest[..rest.find(')')?].parse().ok()
+            };
+            if let (Some(stored), Some(kafka)) = (field("store_applied"), field("kafka_committed"))
+            {
+                if stored + 1 > kafka {
+                    ahead += 1;
+                }
+            }
+        }
+    }
+    (ahead, heals)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,10 +111,6 @@ async fn a_partition_handed_back_keeps_the_offset_its_other_owner_committed() {
     f::assert_committed_equals_end(&s.group, &s.topic);
     a.terminate_ok(s.stop_timeout());
     f::assert_committed_equals_end(&s.group, &s.topic);
-    k::assert_stores_hold_exactly(
-        &s.db.url,
-        s.lmdb(),
-        &k::expected_valid(&[&first, &second]),
-    )
-    .await;
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &k::expected_valid(&[&first, &second]))
+        .await;
 }

@@ -335,9 +335,9 @@ impl Scenario {
         let hashes = valid_hashes(produced);
         let mut checked = 0;
         for rec in &produced.records {
-            if !committed
+            if committed
                 .get(&rec.partition)
-                .is_some_and(|c| rec.offset < *c)
+                .is_none_or(|c| rec.offset >= *c)
             {
                 continue;
             }
@@ -617,9 +617,9 @@ pub async fn assert_committed_before(
         .collect();
     let mut below = 0;
     for rec in produced.records.iter().filter(|r| r.kind == Kind::Valid) {
-        if !committed
+        if committed
             .get(&rec.partition)
-            .is_some_and(|c| rec.offset < *c)
+            .is_none_or(|c| rec.offset >= *c)
         {
             continue;
         }
