@@ -831,30 +831,30 @@ impl MainLoop<'_> {
         tracing::info!(partitions = ?partitions.iter().map(|t| t.to_string()).collect::<Vec<_>>(), lost, "partitions revoked");
     }
 
+    /// The last committed position of every partition this worker owns.
+    fn owned_positions(&self) -> Vec<(Tp, i64)> {
+        let owned = lock(&self.owned);
+        let c = lock(&self.committed);
+        c.iter()
+            .filter(|(tp, _)| owned.contains_key(*tp))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect()
+    }
+
     /// Commits the positions of the owned partitions again (asynchronously) after a failed commit.
     fn recommit(&self) {
-        let offsets: Vec<(Tp, i64)> = {
-            let owned = lock(&self.owned);
-            let c = lock(&self.committed);
-            c.iter()
-                .filter(|(tp, _)| owned.contains_key(*tp))
-                .map(|(tp, o)| (tp.clone(), *o))
-                .collect()
-        };
+        let offsets = self.owned_positions();
         if offsets.is_empty() {
             return;
-        }
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for (tp, o) in &offsets {
-            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o)) {
-                tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
-            }
         }
         tracing::debug!(
             partitions = offsets.len(),
             "committing the current positions again"
         );
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self
+            .consumer
+            .commit(&offset_list(&offsets), CommitMode::Async)
+        {
             self.consumer
                 .context()
                 .commit_failed
@@ -864,14 +864,7 @@ impl MainLoop<'_> {
     }
 
     async fn final_commit(&mut self) {
-        let offsets: Vec<(Tp, i64)> = {
-            let owned = lock(&self.owned);
-            let c = lock(&self.committed);
-            c.iter()
-                .filter(|(tp, _)| owned.contains_key(*tp))
-                .map(|(tp, o)| (tp.clone(), *o))
-                .collect()
-        };
+        let offsets = self.owned_positions();
         self.commit_sync(offsets).await;
     }
 
@@ -879,12 +872,7 @@ impl MainLoop<'_> {
         if offsets.is_empty() {
             return;
         }
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for (tp, o) in &offsets {
-            if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o)) {
-                tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
-            }
-        }
+        let tpl = offset_list(&offsets);
         let consumer = self.consumer.clone();
         let started = Instant::now();
         let res = tokio::time::timeout(
@@ -1014,4 +1002,15 @@ pub fn shutdown_on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// The offsets to commit as librdkafka's list (a partition it cannot take is logged and skipped).
+fn offset_list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (tp, o) in offsets {
+        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o)) {
+            tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
+        }
+    }
+    tpl
 }
