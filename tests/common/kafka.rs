@@ -410,19 +410,7 @@ pub async fn assert_stores_hold_exactly(db_url: &str, lmdb_dir: &Path, expected:
         "PostgreSQL events differ from the valid set produced"
     );
 
-    let mut cfg = Config::default().lmdb;
-    cfg.path = lmdb_dir.to_path_buf();
-    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
-        .await
-        .expect("open LMDB");
-    let mut blobs = BTreeMap::new();
-    let mut after = None;
-    loop {
-        let page = lmdb.scan(after.clone(), 1000).await.expect("scan LMDB");
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        blobs.extend(page);
-    }
+    let blobs = super::faults::lmdb_blobs(lmdb_dir).await;
     assert_eq!(blobs.len(), expected.by_hash.len(), "LMDB blob count");
     assert!(
         blobs == expected.by_hash,
