@@ -272,16 +272,9 @@ impl HybridStore {
     }
 }
 
-/// Highest offset per (topic, partition) among the items.
+/// The batch's offsets as LMDB records them: (topic, partition, highest offset).
 fn highest_offsets(items: &[Item]) -> Vec<(String, i32, i64)> {
-    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
-    for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
-        let e = highest
-            .entry((&pos.topic, pos.partition))
-            .or_insert(pos.offset);
-        *e = (*e).max(pos.offset);
-    }
-    highest
+    super::highest_offsets(items)
         .into_iter()
         .map(|((t, p), o)| (t.to_string(), p, o))
         .collect()

@@ -268,6 +268,19 @@ impl Store {
     }
 }
 
+/// Highest offset per (topic, partition) among the items with a Kafka position: what a batch
+/// advances the stored applied offsets to.
+pub(crate) fn highest_offsets(items: &[Item]) -> HashMap<(&str, i32), i64> {
+    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+    for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
+        let e = highest
+            .entry((&pos.topic, pos.partition))
+            .or_insert(pos.offset);
+        *e = (*e).max(pos.offset);
+    }
+    highest
+}
+
 /// Classifies a batch before it reaches a backend: first occurrence of a `(key_id, nonce)` wins,
 /// later ones inside the batch are replays; among the survivors, first occurrence of a content
 /// hash wins and later ones are duplicates. `candidates[i]` is `false` for items already decided

@@ -367,13 +367,7 @@ impl PgStore {
 
         // Highest offset per partition in this batch; the row lock serialises two workers that
         // briefly both hold a partition during a rebalance.
-        let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
-        for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
-            let e = highest
-                .entry((&pos.topic, pos.partition))
-                .or_insert(pos.offset);
-            *e = (*e).max(pos.offset);
-        }
+        let highest = super::highest_offsets(items);
         let mut applied: HashMap<(String, i32), i64> = HashMap::new();
         if !highest.is_empty() {
             let topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
