@@ -720,6 +720,15 @@ impl MainLoop<'_> {
                     .copied();
                 let start = progress::resume_offset(stored, a.kafka_committed);
                 tracing::info!(partition = %a.tp, store_applied = ?stored, kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
+                // The stores may be ahead of Kafka's committed offset (a worker killed between
+                // the store and Kafka commits): remember the resume point as our position, so the
+                // re-commit brings the group's offset (and lag) up to it even if no new message
+                // arrives on this partition.
+                if let Some(s) = start {
+                    if a.kafka_committed.is_none_or(|k| k < s) {
+                        committed.insert(a.tp.clone(), s);
+                    }
+                }
                 owned.insert(a.tp.clone(), a.epoch);
                 self.catch_up.on_assign(&a.tp, start);
                 out.insert(a.tp.clone(), start);
