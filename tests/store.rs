@@ -94,7 +94,7 @@ async fn migrate_is_idempotent_and_versioned() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     // nekhebet-store 4.0's tables, columns and indexes are all there.
     for (table, column) in [
         ("events", "id"),
@@ -649,4 +649,64 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
         vec![Outcome::Duplicate]
     );
     assert_eq!(lmdb.last_seq().await.unwrap(), last);
+}
+
+/// Two writers (say a worker and the Python package, or two workers during a rebalance) saving
+/// overlapping envelopes at the same moment: a writer that loses a race on a key it had looked up
+/// gets a retriable error — never one that would dead-letter the message — and once each retries,
+/// every envelope is stored exactly once and its replay key recorded exactly once.
+#[tokio::test]
+async fn writers_racing_on_the_same_envelopes_retry_and_store_each_once() {
+    let db = TestDb::new().await;
+    let lines = sample_lines();
+    let shared: Vec<String> = lines[..400].to_vec();
+    let mut stored_total = 0;
+    for round in 0..4 {
+        let chunk: Vec<String> = shared[round * 100..(round + 1) * 100].to_vec();
+        let mut reversed = chunk.clone();
+        reversed.reverse();
+        let mut tasks = Vec::new();
+        for batch in [chunk, reversed] {
+            let store = db.store().await;
+            tasks.push(tokio::spawn(async move {
+                let batch = items(&batch);
+                let mut retries = 0;
+                loop {
+                    match store.save_batch(&batch).await {
+                        Ok(outcomes) => return (outcomes, retries),
+                        Err(e) => {
+                            assert!(e.is_retriable(), "a lost race must be retriable: {e}");
+                            retries += 1;
+                            assert!(retries < 50, "no progress after {retries} retries");
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let (outcomes, _retries) = t.await.unwrap();
+            let [stored, _, _, replay] = tally(&outcomes);
+            assert_eq!(
+                stored + replay,
+                100,
+                "each message is either stored or a replay of the other writer's: {outcomes:?}"
+            );
+            stored_total += stored;
+        }
+    }
+    assert_eq!(
+        stored_total, 400,
+        "each envelope stored by exactly one writer"
+    );
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(DISTINCT content_hash) FROM events),
+                    (SELECT count(*) FROM replay_guard)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(counts, (400, 400, 400));
 }

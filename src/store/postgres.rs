@@ -1,19 +1,29 @@
 //! PostgreSQL repository: authoritative metadata, replay guard, idempotency and applied offsets.
 //!
-//! A batch is ONE transaction and one data statement: the replay-guard insert, the events insert
-//! and the offsets upsert are data-modifying CTEs over UNNEST arrays, so the cost per batch is a
-//! handful of round trips whatever its size.
+//! A batch is ONE transaction of a handful of statements whatever its size: lock the partitions'
+//! progress rows (which also tells which messages were already applied), decide every message in
+//! Rust ([`super::plan_batch`]), binary COPY the new rows into `replay_guard` and `events`, upsert
+//! the applied offsets. COPY takes PostgreSQL's bulk-insert path (several rows per WAL record),
+//! which `INSERT … ON CONFLICT` cannot. Replay and duplicate detection stay with the database's
+//! unique indexes: a batch is first COPYed without looking anything up, and if the database holds
+//! one of its keys the COPY fails, the transaction rolls back, and the batch is saved again after
+//! looking its keys up (index probes). A writer outside this worker racing us on a key makes even
+//! that COPY fail with a unique violation, which is retried (the retry's lookup sees the row).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures::{Stream, StreamExt};
+use futures::{pin_mut, Stream, StreamExt};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::{classify_in_batch, AppliedOffsets, EventMetadata, Item, Outcome};
+use super::{plan_batch, AppliedOffsets, EventMetadata, Item, Outcome};
 use crate::config::{PostgresConfig, SslMode};
 
 /// What kind of PostgreSQL failure this is, which decides what the ingest loop does with it.
@@ -89,8 +99,15 @@ impl PgError {
     }
 }
 
-fn kind_of_sqlstate(code: &str) -> PgErrorKind {
+/// The unique indexes a batch checks before its COPY: a violation of one of them means another
+/// writer committed the same key between the lookup and the COPY, and a retry decides it right.
+const RACED_CONSTRAINTS: [&str; 2] = ["replay_guard_pkey", "idx_events_content_hash"];
+
+fn kind_of_sqlstate(code: &str, constraint: Option<&str>) -> PgErrorKind {
     match code {
+        "23505" if constraint.is_some_and(|c| RACED_CONSTRAINTS.contains(&c)) => {
+            PgErrorKind::Serialization
+        }
         "40001" | "40P01" => PgErrorKind::Serialization,
         "57P01" | "57P02" | "57P03" | "57P05" => PgErrorKind::Connection,
         "55P03" | "57014" => PgErrorKind::Resources,
@@ -111,7 +128,7 @@ impl From<tokio_postgres::Error> for PgError {
                 message.push_str(&format!(", constraint {c}"));
             }
             return PgError {
-                kind: kind_of_sqlstate(db.code().code()),
+                kind: kind_of_sqlstate(db.code().code(), db.constraint()),
                 message,
             };
         }
@@ -196,51 +213,82 @@ const MIGRATIONS: &[Migration] = &[
         name: "roles",
         sql: include_str!("../../migrations/0003_roles.sql"),
     },
+    Migration {
+        version: 4,
+        name: "writer_sequence",
+        sql: include_str!("../../migrations/0004_writer_sequence.sql"),
+    },
 ];
 
-const SAVE_SQL: &str = r#"
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::bytea[],
-                         $7::text[], $8::int[], $9::bigint[], $10::text[], $11::text[])
-        WITH ORDINALITY AS t(id, event_type, issued_at, source, content_hash, envelope,
-                             kafka_topic, kafka_partition, kafka_offset, key_id, nonce, ord)
-),
-guard AS (
-    INSERT INTO replay_guard (key_id, nonce, issued_at)
-    SELECT key_id, nonce, issued_at FROM input
-    ON CONFLICT DO NOTHING
-    RETURNING key_id, nonce
-),
-fresh AS (
-    -- First surviving occurrence of a content hash wins, exactly as across batches.
-    SELECT DISTINCT ON (input.content_hash) input.*
-    FROM input JOIN guard USING (key_id, nonce)
-    ORDER BY input.content_hash, input.ord
-),
-stored AS (
-    INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope,
-                        kafka_topic, kafka_partition, kafka_offset, key_id, nonce)
-    SELECT id, event_type, issued_at, source, content_hash, envelope,
-           kafka_topic, kafka_partition, kafka_offset, key_id, nonce
-    FROM fresh ORDER BY ord
-    ON CONFLICT (content_hash) DO NOTHING
-    RETURNING content_hash, seq
-),
-progress AS (
-    INSERT INTO nekhebet_consumer_offsets AS o (topic, partition, applied_offset)
-    SELECT * FROM unnest($12::text[], $13::int[], $14::bigint[])
-    ON CONFLICT (topic, partition) DO UPDATE
-        SET applied_offset = GREATEST(o.applied_offset, EXCLUDED.applied_offset), updated_at = now()
-)
-SELECT 'g' AS k, key_id || ':' || nonce AS v, NULL::bigint AS seq FROM guard
+/// Locks the batch's partitions' progress rows: serialises two workers that briefly both hold a
+/// partition during a rebalance, and tells which messages were already applied.
+const LOCK_OFFSETS_SQL: &str = "
+SELECT topic, partition, applied_offset FROM nekhebet_consumer_offsets
+ WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+   FOR UPDATE";
+
+/// What of the batch the database already holds: used `(key_id, nonce)` pairs and stored content
+/// hashes. Joins from the (small) input so each probe is an index lookup whatever the table size.
+const SEEN_SQL: &str = "
+SELECT 'g'::text AS k, g.key_id AS a, g.nonce AS b
+  FROM unnest($1::text[], $2::text[]) AS u(key_id, nonce)
+  JOIN replay_guard g ON g.key_id = u.key_id AND g.nonce = u.nonce
 UNION ALL
-SELECT 's', content_hash, seq FROM stored
-"#;
+SELECT 'h', e.content_hash, NULL
+  FROM unnest($3::text[]) AS u(content_hash)
+  JOIN events e ON e.content_hash = u.content_hash";
+
+/// The `events.seq` values of the rows this batch stores, taken from the identity's own sequence
+/// (so rows inserted by other writers with the column default never collide with them).
+const NEXT_SEQS_SQL: &str =
+    "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1::int)";
+
+const COPY_GUARD_SQL: &str =
+    "COPY replay_guard (key_id, nonce, issued_at) FROM STDIN (FORMAT binary)";
+const COPY_GUARD_TYPES: [Type; 3] = [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
+
+const COPY_EVENTS_SQL: &str = "COPY events (id, event_type, issued_at, source, content_hash, \
+     envelope, kafka_topic, kafka_partition, kafka_offset, key_id, nonce, seq) FROM STDIN (FORMAT binary)";
+const COPY_EVENTS_TYPES: [Type; 12] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+];
+
+const UPSERT_OFFSETS_SQL: &str = "
+INSERT INTO nekhebet_consumer_offsets AS o (topic, partition, applied_offset)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+ON CONFLICT (topic, partition) DO UPDATE
+    SET applied_offset = GREATEST(o.applied_offset, EXCLUDED.applied_offset), updated_at = now()";
+
+/// After a batch met keys the database already held, this many following batches look their
+/// keys up before the COPY instead of trying it blind.
+const CAREFUL_AFTER_CONFLICT: u32 = 16;
+
+/// Whether a save looks up which of the batch's keys the database already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// COPY straight away: a key the database holds fails the COPY (unique violation).
+    Skip,
+    /// Look up first and COPY only new keys: fails only if another writer races us.
+    Probe,
+}
 
 /// The PostgreSQL repository (a connection pool).
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Batches left to save with lookups first (see [`PgStore::save_batch_with_seqs`]).
+    careful_batches: Arc<AtomicU32>,
 }
 
 impl PgStore {
@@ -294,7 +342,10 @@ impl PgStore {
                 kind: PgErrorKind::Other,
                 message: format!("building the connection pool: {e}"),
             })?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            careful_batches: Arc::new(AtomicU32::new(0)),
+        };
         store.ping().await?;
         Ok(store)
     }
@@ -354,26 +405,72 @@ impl PgStore {
         &self,
         items: &[Item],
     ) -> Result<(Vec<Outcome>, HashMap<String, i64>), PgError> {
+        // Most batches hold only new keys: saving them without looking anything up first is one
+        // index probe per row and key cheaper (a fifth of the transaction). If the database did
+        // hold one, the COPY fails on its unique index, the transaction rolls back and the batch
+        // is saved again with the lookups — which the next few batches then use from the start,
+        // since replays and duplicates tend to come in runs (a producer re-sending, a replayer).
+        let careful = self
+            .careful_batches
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !careful {
+            match self.save_once(items, Lookup::Skip).await {
+                Err(e) if e.kind == PgErrorKind::Serialization => {
+                    tracing::debug!(error = %e, "batch meets keys the database holds; saving it with lookups");
+                    self.careful_batches
+                        .store(CAREFUL_AFTER_CONFLICT, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
+        self.save_once(items, Lookup::Probe).await
+    }
+
+    async fn save_once(
+        &self,
+        items: &[Item],
+        lookup: Lookup,
+    ) -> Result<(Vec<Outcome>, HashMap<String, i64>), PgError> {
         let mut client = self.pool.get().await?;
-        let lock_stmt = client
-            .prepare_cached(
-                "SELECT topic, partition, applied_offset FROM nekhebet_consumer_offsets
-                 WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-                 FOR UPDATE",
-            )
-            .await?;
-        let save_stmt = client.prepare_cached(SAVE_SQL).await?;
+        let lock_stmt = client.prepare_cached(LOCK_OFFSETS_SQL).await?;
+        let seen_stmt = client.prepare_cached(SEEN_SQL).await?;
+        let seqs_stmt = client.prepare_cached(NEXT_SEQS_SQL).await?;
+        let upsert_stmt = client.prepare_cached(UPSERT_OFFSETS_SQL).await?;
         let tx = client.transaction().await?;
 
-        // Highest offset per partition in this batch; the row lock serialises two workers that
-        // briefly both hold a partition during a rebalance.
         let highest = super::highest_offsets(items);
-        let mut applied: HashMap<(String, i32), i64> = HashMap::new();
-        if !highest.is_empty() {
-            let topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
-            let parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
-            for row in tx.query(&lock_stmt, &[&topics, &parts]).await? {
-                applied.insert((row.get(0), row.get(1)), row.get(2));
+        let off_topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
+        let off_parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
+        let off_values: Vec<i64> = highest.values().copied().collect();
+        let key_ids: Vec<&str> = items.iter().map(|i| &*i.envelope.header.key_id).collect();
+        let nonces: Vec<&str> = items.iter().map(|i| &*i.envelope.header.nonce).collect();
+        let hashes: Vec<&str> = items
+            .iter()
+            .map(|i| &*i.envelope.header.payload_hash)
+            .collect();
+
+        // Pipelined on the connection; the server runs them in order, so the lookup's snapshot is
+        // taken after the partition locks are held and sees everything a previous owner committed.
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&off_topics, &off_parts];
+        let seen_params: [&(dyn ToSql + Sync); 3] = [&key_ids, &nonces, &hashes];
+        let (locked, seen) = futures::try_join!(tx.query(&lock_stmt, &lock_params), async {
+            match lookup {
+                Lookup::Probe => tx.query(&seen_stmt, &seen_params).await,
+                Lookup::Skip => Ok(Vec::new()),
+            }
+        },)?;
+        let applied: HashMap<(String, i32), i64> = locked
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let mut used_keys: HashSet<(&str, &str)> = HashSet::new();
+        let mut held_hashes: HashSet<&str> = HashSet::new();
+        for row in &seen {
+            if row.get::<_, &str>(0) == "g" {
+                used_keys.insert((row.get(1), row.get(2)));
+            } else {
+                held_hashes.insert(row.get(1));
             }
         }
 
@@ -387,97 +484,66 @@ impl PgStore {
                 })
             })
             .collect();
-        let candidates: Vec<bool> = redelivered.iter().map(|r| !r).collect();
-        let decided = classify_in_batch(items, &candidates);
-        let send: Vec<usize> = (0..items.len())
-            .filter(|&i| candidates[i] && decided[i].is_none())
-            .collect();
+        let plan = plan_batch(items, &redelivered, &used_keys, &held_hashes);
+        let (outcomes, guard_rows, event_rows) = (plan.outcomes, plan.guard_rows, plan.event_rows);
 
-        let mut ids = Vec::with_capacity(send.len());
-        let mut types = Vec::with_capacity(send.len());
-        let mut issued = Vec::with_capacity(send.len());
-        let mut sources = Vec::with_capacity(send.len());
-        let mut hashes = Vec::with_capacity(send.len());
-        let mut blobs: Vec<&[u8]> = Vec::with_capacity(send.len());
-        let mut k_topics: Vec<Option<&str>> = Vec::with_capacity(send.len());
-        let mut k_parts: Vec<Option<i32>> = Vec::with_capacity(send.len());
-        let mut k_offsets: Vec<Option<i64>> = Vec::with_capacity(send.len());
-        let mut key_ids = Vec::with_capacity(send.len());
-        let mut nonces = Vec::with_capacity(send.len());
-        for &i in &send {
-            let env = &items[i].envelope;
-            let h = &env.header;
-            ids.push(h.id);
-            types.push(h.event_type.as_str());
-            issued.push(h.issued_at_ts);
-            sources.push(h.source.as_str());
-            hashes.push(h.payload_hash.as_str());
-            blobs.push(&env.bytes[..]);
-            k_topics.push(items[i].pos.as_ref().map(|p| &*p.topic));
-            k_parts.push(items[i].pos.as_ref().map(|p| p.partition));
-            k_offsets.push(items[i].pos.as_ref().map(|p| p.offset));
-            key_ids.push(h.key_id.as_str());
-            nonces.push(h.nonce.as_str());
-        }
-        let off_topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
-        let off_parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
-        let off_values: Vec<i64> = highest.values().copied().collect();
-
-        let rows = tx
-            .query(
-                &save_stmt,
-                &[
-                    &ids,
-                    &types,
-                    &issued,
-                    &sources,
-                    &hashes,
-                    &blobs,
-                    &k_topics,
-                    &k_parts,
-                    &k_offsets,
-                    &key_ids,
-                    &nonces,
-                    &off_topics,
-                    &off_parts,
-                    &off_values,
-                ],
-            )
-            .await?;
-        tx.commit().await?;
-
-        let mut guarded: HashSet<String> = HashSet::new();
-        let mut stored: HashMap<String, i64> = HashMap::new();
-        for row in rows {
-            let k: &str = row.get(0);
-            let v: String = row.get(1);
-            if k == "g" {
-                guarded.insert(v);
-            } else {
-                stored.insert(v, row.get(2));
+        if !guard_rows.is_empty() {
+            let sink = tx.copy_in(COPY_GUARD_SQL).await?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_GUARD_TYPES);
+            pin_mut!(writer);
+            for &i in &guard_rows {
+                let h = &items[i].envelope.header;
+                writer
+                    .as_mut()
+                    .write(&[&h.key_id, &h.nonce, &h.issued_at_ts])
+                    .await?;
             }
+            writer.finish().await?;
         }
 
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut claimed: HashSet<&str> = HashSet::new();
-        for (i, item) in items.iter().enumerate() {
-            let h = &item.envelope.header;
-            let outcome = if redelivered[i] {
-                Outcome::Redelivered
-            } else if let Some(o) = decided[i] {
-                o
-            } else if !guarded.contains(&format!("{}:{}", h.key_id, h.nonce)) {
-                Outcome::Replay
-            } else if stored.contains_key(&h.payload_hash)
-                && claimed.insert(h.payload_hash.as_str())
-            {
-                // Mirrors the SQL's DISTINCT ON: the first surviving occurrence was the one inserted.
-                Outcome::Stored
-            } else {
-                Outcome::Duplicate
-            };
-            outcomes.push(outcome);
+        let mut stored: HashMap<String, i64> = HashMap::with_capacity(event_rows.len());
+        if !event_rows.is_empty() {
+            let seqs: Vec<i64> = tx
+                .query(&seqs_stmt, &[&(event_rows.len() as i32)])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let sink = tx.copy_in(COPY_EVENTS_SQL).await?;
+            let writer = BinaryCopyInWriter::new(sink, &COPY_EVENTS_TYPES);
+            pin_mut!(writer);
+            for (&i, &seq) in event_rows.iter().zip(&seqs) {
+                let item = &items[i];
+                let h = &item.envelope.header;
+                let blob: &[u8] = &item.envelope.bytes;
+                let topic = item.pos.as_ref().map(|p| &*p.topic);
+                let partition = item.pos.as_ref().map(|p| p.partition);
+                let offset = item.pos.as_ref().map(|p| p.offset);
+                let row: [&(dyn ToSql + Sync); 12] = [
+                    &h.id,
+                    &h.event_type,
+                    &h.issued_at_ts,
+                    &h.source,
+                    &h.payload_hash,
+                    &blob,
+                    &topic,
+                    &partition,
+                    &offset,
+                    &h.key_id,
+                    &h.nonce,
+                    &seq,
+                ];
+                writer.as_mut().write(&row).await?;
+                stored.insert(h.payload_hash.clone(), seq);
+            }
+            writer.finish().await?;
         }
+
+        if !highest.is_empty() {
+            tx.execute(&upsert_stmt, &[&off_topics, &off_parts, &off_values])
+                .await?;
+        }
+        tx.commit().await?;
         Ok((outcomes, stored))
     }
 
@@ -688,14 +754,38 @@ mod tests {
 
     #[test]
     fn sqlstates_are_classified() {
-        assert_eq!(kind_of_sqlstate("40001").class(), ErrorClass::Transient);
-        assert_eq!(kind_of_sqlstate("57P01").class(), ErrorClass::Transient);
-        assert_eq!(kind_of_sqlstate("08006").class(), ErrorClass::Transient);
-        assert_eq!(kind_of_sqlstate("53300").class(), ErrorClass::Transient);
-        assert_eq!(kind_of_sqlstate("22021").class(), ErrorClass::Message);
-        assert_eq!(kind_of_sqlstate("23505").class(), ErrorClass::Message);
-        assert_eq!(kind_of_sqlstate("42P01").class(), ErrorClass::Fatal);
-        assert_eq!(kind_of_sqlstate("42501").class(), ErrorClass::Fatal);
-        assert_eq!(kind_of_sqlstate("XX000").class(), ErrorClass::Fatal);
+        assert_eq!(
+            kind_of_sqlstate("40001", None).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            kind_of_sqlstate("57P01", None).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            kind_of_sqlstate("08006", None).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            kind_of_sqlstate("53300", None).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(kind_of_sqlstate("22021", None).class(), ErrorClass::Message);
+        assert_eq!(kind_of_sqlstate("23505", None).class(), ErrorClass::Message);
+        assert_eq!(kind_of_sqlstate("42P01", None).class(), ErrorClass::Fatal);
+        assert_eq!(kind_of_sqlstate("42501", None).class(), ErrorClass::Fatal);
+        assert_eq!(kind_of_sqlstate("XX000", None).class(), ErrorClass::Fatal);
+        // Another writer won a race on a key the batch had looked up: retry, do not dead-letter.
+        for c in RACED_CONSTRAINTS {
+            assert_eq!(
+                kind_of_sqlstate("23505", Some(c)).class(),
+                ErrorClass::Transient
+            );
+        }
+        // Not looked up (an event id reused with other content): the message's own fault.
+        assert_eq!(
+            kind_of_sqlstate("23505", Some("events_pkey")).class(),
+            ErrorClass::Message
+        );
     }
 }
