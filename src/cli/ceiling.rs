@@ -1,5 +1,6 @@
-//! `nekhebet-store bench-ceiling FILE`: the physical ceiling the worker is compared with — binary
-//! COPY of the same rows into `replay_guard` + `events` (same schema and indexes, ONE transaction),
+//! `nekhebet-store bench-ceiling FILE`: the physical ceiling the worker is compared with — the
+//! worker's binary COPY of the same rows into `replay_guard` + `events` (same schema and indexes,
+//! ONE transaction instead of one per batch, no Kafka),
 //! then ONE LMDB write transaction of the same blobs in the configured layout. Prints JSON.
 
 use std::path::PathBuf;
@@ -8,14 +9,11 @@ use std::time::Instant;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use futures::pin_mut;
 use heed::types::Bytes as RawBytes;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::{Config, LmdbLayout};
-use crate::envelope::{self, Limits};
-use crate::store::PgStore;
+use crate::envelope::{self, Envelope, Header, Limits};
+use crate::store::{postgres, KafkaPos, PgStore};
 
 #[derive(Args, Debug)]
 pub struct CeilingArgs {
@@ -47,57 +45,16 @@ pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::proc
     let mut client = pg.pool().get().await?;
     let started = Instant::now();
     let tx = client.transaction().await?;
-    {
-        let sink = tx
-            .copy_in("COPY replay_guard (key_id, nonce, issued_at) FROM STDIN (FORMAT binary)")
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ]);
-        pin_mut!(writer);
-        for e in &envs {
-            let h = &e.header;
-            writer
-                .as_mut()
-                .write(&[&h.key_id, &h.nonce, &h.issued_at_ts])
-                .await?;
-        }
-        writer.finish().await?;
-    }
-    {
-        let sink = tx
-            .copy_in(
-                "COPY events (id, event_type, issued_at, source, content_hash, envelope, key_id, nonce) \
-                 FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        let types = [
-            Type::UUID,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::TEXT,
-            Type::BYTEA,
-            Type::TEXT,
-            Type::TEXT,
-        ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        pin_mut!(writer);
-        for e in &envs {
-            let h = &e.header;
-            let blob: &[u8] = &e.bytes;
-            let row: [&(dyn ToSql + Sync); 8] = [
-                &h.id,
-                &h.event_type,
-                &h.issued_at_ts,
-                &h.source,
-                &h.payload_hash,
-                &blob,
-                &h.key_id,
-                &h.nonce,
-            ];
-            writer.as_mut().write(&row).await?;
-        }
-        writer.finish().await?;
-    }
+    // The worker's own COPY statements, so the ceiling writes exactly the rows it would.
+    let headers: Vec<&Header> = envs.iter().map(|e| &e.header).collect();
+    postgres::copy_guard(&tx, &headers).await?;
+    let seqs = postgres::next_seqs(&tx, envs.len()).await?;
+    let rows: Vec<(&Envelope, Option<&KafkaPos>, i64)> = envs
+        .iter()
+        .zip(seqs)
+        .map(|(e, seq)| (e, None, seq))
+        .collect();
+    postgres::copy_events(&tx, &rows).await?;
     tx.commit().await?;
     let pg_seconds = started.elapsed().as_secs_f64();
 

@@ -23,8 +23,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::{plan_batch, AppliedOffsets, EventMetadata, Item, Outcome};
+use super::{plan_batch, AppliedOffsets, BatchPlan, EventMetadata, Item, KafkaPos, Outcome};
 use crate::config::{PostgresConfig, SslMode};
+use crate::envelope::{Envelope, Header};
 
 /// What kind of PostgreSQL failure this is, which decides what the ingest loop does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +271,73 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
 ON CONFLICT (topic, partition) DO UPDATE
     SET applied_offset = GREATEST(o.applied_offset, EXCLUDED.applied_offset), updated_at = now()";
 
+/// Takes `n` values from the `events.seq` identity's sequence, in order.
+pub(crate) async fn next_seqs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    n: usize,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(NEXT_SEQS_SQL).await?;
+    let n = i32::try_from(n).expect("a batch holds fewer than 2^31 rows");
+    Ok(tx
+        .query(&stmt, &[&n])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Binary COPY of `replay_guard` rows (the worker's batches, and `bench-ceiling`).
+pub(crate) async fn copy_guard(
+    tx: &deadpool_postgres::Transaction<'_>,
+    headers: &[&Header],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(COPY_GUARD_SQL).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_GUARD_TYPES);
+    pin_mut!(writer);
+    for h in headers {
+        writer
+            .as_mut()
+            .write(&[&h.key_id, &h.nonce, &h.issued_at_ts])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Binary COPY of `events` rows: each envelope with its Kafka position (if any) and its `seq`.
+pub(crate) async fn copy_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(&Envelope, Option<&KafkaPos>, i64)],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(COPY_EVENTS_SQL).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_EVENTS_TYPES);
+    pin_mut!(writer);
+    for &(envelope, pos, seq) in rows {
+        let h = &envelope.header;
+        let blob: &[u8] = &envelope.bytes;
+        let topic = pos.map(|p| &*p.topic);
+        let partition = pos.map(|p| p.partition);
+        let offset = pos.map(|p| p.offset);
+        let row: [&(dyn ToSql + Sync); 12] = [
+            &h.id,
+            &h.event_type,
+            &h.issued_at_ts,
+            &h.source,
+            &h.payload_hash,
+            &blob,
+            &topic,
+            &partition,
+            &offset,
+            &h.key_id,
+            &h.nonce,
+            &seq,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 /// After a batch met keys the database already held, this many following batches look their
 /// keys up before the COPY instead of trying it blind.
 const CAREFUL_AFTER_CONFLICT: u32 = 16;
@@ -435,7 +503,6 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let lock_stmt = client.prepare_cached(LOCK_OFFSETS_SQL).await?;
         let seen_stmt = client.prepare_cached(SEEN_SQL).await?;
-        let seqs_stmt = client.prepare_cached(NEXT_SEQS_SQL).await?;
         let upsert_stmt = client.prepare_cached(UPSERT_OFFSETS_SQL).await?;
         let tx = client.transaction().await?;
 
@@ -443,23 +510,22 @@ impl PgStore {
         let off_topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
         let off_parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
         let off_values: Vec<i64> = highest.values().copied().collect();
-        let key_ids: Vec<&str> = items.iter().map(|i| &*i.envelope.header.key_id).collect();
-        let nonces: Vec<&str> = items.iter().map(|i| &*i.envelope.header.nonce).collect();
-        let hashes: Vec<&str> = items
-            .iter()
-            .map(|i| &*i.envelope.header.payload_hash)
-            .collect();
 
         // Pipelined on the connection; the server runs them in order, so the lookup's snapshot is
         // taken after the partition locks are held and sees everything a previous owner committed.
         let lock_params: [&(dyn ToSql + Sync); 2] = [&off_topics, &off_parts];
-        let seen_params: [&(dyn ToSql + Sync); 3] = [&key_ids, &nonces, &hashes];
         let (locked, seen) = futures::try_join!(tx.query(&lock_stmt, &lock_params), async {
             match lookup {
-                Lookup::Probe => tx.query(&seen_stmt, &seen_params).await,
+                Lookup::Probe => {
+                    let headers = || items.iter().map(|i| &i.envelope.header);
+                    let key_ids: Vec<&str> = headers().map(|h| h.key_id.as_str()).collect();
+                    let nonces: Vec<&str> = headers().map(|h| h.nonce.as_str()).collect();
+                    let hashes: Vec<&str> = headers().map(|h| h.payload_hash.as_str()).collect();
+                    tx.query(&seen_stmt, &[&key_ids, &nonces, &hashes]).await
+                }
                 Lookup::Skip => Ok(Vec::new()),
             }
-        },)?;
+        })?;
         let applied: HashMap<(String, i32), i64> = locked
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
@@ -484,59 +550,31 @@ impl PgStore {
                 })
             })
             .collect();
-        let plan = plan_batch(items, &redelivered, &used_keys, &held_hashes);
-        let (outcomes, guard_rows, event_rows) = (plan.outcomes, plan.guard_rows, plan.event_rows);
+        let BatchPlan {
+            outcomes,
+            guard_rows,
+            event_rows,
+        } = plan_batch(items, &redelivered, &used_keys, &held_hashes);
 
         if !guard_rows.is_empty() {
-            let sink = tx.copy_in(COPY_GUARD_SQL).await?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_GUARD_TYPES);
-            pin_mut!(writer);
-            for &i in &guard_rows {
-                let h = &items[i].envelope.header;
-                writer
-                    .as_mut()
-                    .write(&[&h.key_id, &h.nonce, &h.issued_at_ts])
-                    .await?;
-            }
-            writer.finish().await?;
+            let headers: Vec<&Header> = guard_rows
+                .iter()
+                .map(|&i| &items[i].envelope.header)
+                .collect();
+            copy_guard(&tx, &headers).await?;
         }
-
         let mut stored: HashMap<String, i64> = HashMap::with_capacity(event_rows.len());
         if !event_rows.is_empty() {
-            let seqs: Vec<i64> = tx
-                .query(&seqs_stmt, &[&(event_rows.len() as i32)])
-                .await?
+            let seqs = next_seqs(&tx, event_rows.len()).await?;
+            let rows: Vec<(&Envelope, Option<&KafkaPos>, i64)> = event_rows
                 .iter()
-                .map(|r| r.get(0))
+                .zip(seqs)
+                .map(|(&i, seq)| (&items[i].envelope, items[i].pos.as_ref(), seq))
                 .collect();
-            let sink = tx.copy_in(COPY_EVENTS_SQL).await?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_EVENTS_TYPES);
-            pin_mut!(writer);
-            for (&i, &seq) in event_rows.iter().zip(&seqs) {
-                let item = &items[i];
-                let h = &item.envelope.header;
-                let blob: &[u8] = &item.envelope.bytes;
-                let topic = item.pos.as_ref().map(|p| &*p.topic);
-                let partition = item.pos.as_ref().map(|p| p.partition);
-                let offset = item.pos.as_ref().map(|p| p.offset);
-                let row: [&(dyn ToSql + Sync); 12] = [
-                    &h.id,
-                    &h.event_type,
-                    &h.issued_at_ts,
-                    &h.source,
-                    &h.payload_hash,
-                    &blob,
-                    &topic,
-                    &partition,
-                    &offset,
-                    &h.key_id,
-                    &h.nonce,
-                    &seq,
-                ];
-                writer.as_mut().write(&row).await?;
-                stored.insert(h.payload_hash.clone(), seq);
+            copy_events(&tx, &rows).await?;
+            for (envelope, _, seq) in rows {
+                stored.insert(envelope.header.payload_hash.clone(), seq);
             }
-            writer.finish().await?;
         }
 
         if !highest.is_empty() {
