@@ -651,6 +651,49 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
     assert_eq!(lmdb.last_seq().await.unwrap(), last);
 }
 
+/// PostgreSQL two batches ahead of LMDB (a crash while the worker overlapped them), and the
+/// redelivered messages come back in another grouping: the later batch's first, then the earlier
+/// one's. Healing must not depend on that order: every blob ends up under its seq.
+#[tokio::test]
+async fn append_layout_heals_whatever_order_the_lost_batches_come_back_in() {
+    use nekhebet_store::config::LmdbLayout;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = sample_lines();
+    let pg = db.store().await;
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+        .await
+        .unwrap();
+    let hybrid = Store::Hybrid(HybridStore::with_layout(
+        pg.clone(),
+        lmdb.clone(),
+        LmdbLayout::Append,
+    ));
+    hybrid.save_batch(&items(&lines[..20])).await.unwrap();
+    // Two batches PostgreSQL committed and LMDB never saw.
+    pg.save_batch(&items(&lines[20..50])).await.unwrap();
+    pg.save_batch(&items(&lines[50..80])).await.unwrap();
+    // The later one comes back first, with new messages: LMDB's last seq jumps past 20..50.
+    let outcomes = hybrid.save_batch(&items(&lines[50..90])).await.unwrap();
+    assert_eq!(tally(&outcomes), [10, 0, 0, 30]);
+    let outcomes = hybrid.save_batch(&items(&lines[20..50])).await.unwrap();
+    assert_eq!(tally(&outcomes), [0, 0, 0, 30]);
+    for l in &lines[..90] {
+        let e = decode(l);
+        let seq = pg.seq_by_id(e.header.id).await.unwrap().unwrap();
+        let blob = lmdb.get_seq(seq).await.unwrap();
+        assert!(
+            blob.as_deref() == Some(l.as_bytes()),
+            "blob under seq {seq}"
+        );
+    }
+    // Nothing is appended twice, and new envelopes still go to the end.
+    let last = lmdb.last_seq().await.unwrap();
+    let outcomes = hybrid.save_batch(&items(&lines[..100])).await.unwrap();
+    assert_eq!(tally(&outcomes), [10, 0, 0, 90]);
+    assert!(lmdb.last_seq().await.unwrap() > last);
+}
+
 /// Two writers (say a worker and the Python package, or two workers during a rebalance) saving
 /// overlapping envelopes at the same moment: a writer that loses a race on a key it had looked up
 /// gets a retriable error — never one that would dead-letter the message — and once each retries,

@@ -25,8 +25,6 @@ pub struct PgPhase {
     pub outcomes: Vec<Outcome>,
     /// PostgreSQL seq of each content hash this batch stored (append layout).
     seqs: HashMap<String, i64>,
-    /// Heals take no seq above this (see [`HybridStore::save_postgres`]).
-    heal_ceiling: i64,
 }
 
 impl PgPhase {
@@ -35,7 +33,6 @@ impl PgPhase {
         PgPhase {
             outcomes,
             seqs: HashMap::new(),
-            heal_ceiling: i64::MAX,
         }
     }
 }
@@ -84,29 +81,12 @@ impl HybridStore {
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "postgres")
             .record(started.elapsed().as_secs_f64());
         failpoint("after_postgres_commit");
-        // Append-layout heals take PostgreSQL seqs above LMDB's last one. The ingest writer runs
-        // this phase for the next batch while LMDB still writes this one, so by the time this
-        // batch heals, PostgreSQL may hold that next batch's seqs too; healing one of them (a
-        // hash this batch saw as redelivered that the next one stores) would move LMDB's last
-        // seq past blobs not written yet, which the next batch would then skip as present. Seqs
-        // only grow, so everything a later save inserts lies above the highest seq now.
-        let heal_ceiling = if self.layout == LmdbLayout::Append
-            && outcomes.iter().any(|o| *o != Outcome::Stored)
-        {
-            self.pg.max_seq().await?
-        } else {
-            i64::MAX
-        };
-        Ok(PgPhase {
-            outcomes,
-            seqs,
-            heal_ceiling,
-        })
+        Ok(PgPhase { outcomes, seqs })
     }
 
     /// Phase 2: ONE LMDB write transaction with the blobs PostgreSQL holds for the batch (and
-    /// heals). Phases 2 must run one at a time, in the order of their phases 1: the append layout
-    /// and both heal checks assume every earlier batch is already in LMDB.
+    /// heals). Correct in any order relative to other batches' phases: heals look blobs up by key,
+    /// and the append layout puts a seq below LMDB's last one only if it is absent.
     pub async fn write_lmdb(&self, items: &[Item], phase: &PgPhase) -> Result<(), StoreError> {
         let started = Instant::now();
         match self.layout {
@@ -141,27 +121,32 @@ impl HybridStore {
         others.retain(|h| !stored_hashes.contains(h.as_str()));
         let mut healing = 0;
         if !others.is_empty() {
-            // Everything at or below LMDB's last seq is in LMDB (our seqs only grow); what
-            // PostgreSQL holds above it for these hashes was lost between two commits.
+            // Where PostgreSQL keeps them, and which of those LMDB lacks: looked up by key, not
+            // inferred from LMDB's last seq, because after a crash the lost batches' messages may
+            // come back in any grouping and order (a later batch's before an earlier one's).
             others.sort_unstable();
             others.dedup();
-            let last = self.lmdb.last_seq().await?;
-            let stored_now: HashSet<i64> = blobs.iter().map(|b| b.0).collect();
-            let healed: Vec<(i64, Vec<u8>)> = self
+            let held: Vec<i64> = self
                 .pg
-                .envelopes_after_seq(&others, last)
+                .seqs_of_hashes(&others)
                 .await?
                 .into_iter()
-                .filter(|(s, _)| *s <= phase.heal_ceiling && !stored_now.contains(s))
+                .map(|(_, seq)| seq)
                 .collect();
-            if !healed.is_empty() {
+            let missing = if held.is_empty() {
+                Vec::new()
+            } else {
+                self.lmdb.missing_seqs(held).await?
+            };
+            if !missing.is_empty() {
+                let healed = self.pg.envelopes_by_seq(&missing).await?;
                 tracing::warn!(
                     count = healed.len(),
                     "healing LMDB: blobs PostgreSQL holds were missing"
                 );
+                healing = healed.len();
+                blobs.extend(healed.into_iter().map(|(s, b)| (s, bytes::Bytes::from(b))));
             }
-            healing = healed.len();
-            blobs.extend(healed.into_iter().map(|(s, b)| (s, bytes::Bytes::from(b))));
         }
         self.lmdb
             .append_blobs(blobs, highest_offsets(items))

@@ -358,9 +358,10 @@ impl LmdbStore {
         .map_err(StoreError::Lmdb)
     }
 
-    /// Append layout: appends blobs under their PostgreSQL seq and advances offsets, in ONE write
-    /// transaction. Seqs at or below the last key are already present and skipped. Returns how
-    /// many blobs were appended.
+    /// Append layout: writes blobs under their PostgreSQL seq and advances offsets, in ONE write
+    /// transaction. Seqs above the last key are appended (MDB_APPEND: no B-tree search); a seq at
+    /// or below it (a heal, or a batch whose seqs were taken before an earlier one's) is put only
+    /// if absent. Returns how many blobs were written.
     pub async fn append_blobs(
         &self,
         mut blobs: Vec<(i64, bytes::Bytes)>,
@@ -373,13 +374,41 @@ impl LmdbStore {
             this.write(|dbs, wtxn| {
                 let last = dbs.blobs.last(wtxn)?.and_then(|(k, _)| read_offset(k));
                 let mut written = 0;
-                for (seq, blob) in blobs.iter().filter(|b| last.is_none_or(|l| b.0 > l)) {
-                    dbs.blobs
-                        .put_with_flags(wtxn, PutFlags::APPEND, &seq.to_be_bytes(), blob)?;
-                    written += 1;
+                for (seq, blob) in &blobs {
+                    let flags = if last.is_none_or(|l| *seq > l) {
+                        PutFlags::APPEND
+                    } else {
+                        PutFlags::NO_OVERWRITE
+                    };
+                    match dbs
+                        .blobs
+                        .put_with_flags(wtxn, flags, &seq.to_be_bytes(), blob)
+                    {
+                        Ok(()) => written += 1,
+                        Err(heed::Error::Mdb(heed::MdbError::KeyExist)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 write_offsets(dbs, wtxn, &offsets)?;
                 Ok(written)
+            })
+        })
+        .await?
+        .map_err(StoreError::Lmdb)
+    }
+
+    /// Append layout: which of these seqs have no blob.
+    pub async fn missing_seqs(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
+        let this = self.clone();
+        run_blocking(move || {
+            this.read(|dbs, rtxn| {
+                let mut missing = Vec::new();
+                for seq in seqs {
+                    if dbs.blobs.get(rtxn, &seq.to_be_bytes())?.is_none() {
+                        missing.push(seq);
+                    }
+                }
+                Ok(missing)
             })
         })
         .await?

@@ -712,30 +712,33 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// The highest seq stored (0 when empty).
-    pub async fn max_seq(&self) -> Result<i64, PgError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one("SELECT COALESCE(max(seq), 0)::bigint FROM events", &[])
-            .await?;
-        Ok(row.get(0))
-    }
-
-    /// (seq, envelope) of those content hashes stored with a seq above `after`, in seq order: the
-    /// blobs an append-layout LMDB may lack after a crash between the two commits.
-    pub async fn envelopes_after_seq(
-        &self,
-        hashes: &[String],
-        after: i64,
-    ) -> Result<Vec<(i64, Vec<u8>)>, PgError> {
+    /// (content hash, seq) of those content hashes PostgreSQL holds: where an append-layout LMDB
+    /// keeps their blobs.
+    pub async fn seqs_of_hashes(&self, hashes: &[String]) -> Result<Vec<(String, i64)>, PgError> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT seq, envelope FROM events WHERE content_hash = ANY($1) AND seq > $2 ORDER BY seq",
-                &[&hashes, &after],
+                "SELECT content_hash, seq FROM events WHERE content_hash = ANY($1)",
+                &[&hashes],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// (seq, envelope) of those seqs: the blobs an append-layout LMDB lacks after a crash between
+    /// the two commits.
+    pub async fn envelopes_by_seq(&self, seqs: &[i64]) -> Result<Vec<(i64, Vec<u8>)>, PgError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT seq, envelope FROM events WHERE seq = ANY($1)",
+                &[&seqs],
             )
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
