@@ -6,7 +6,8 @@
 //! to reach an outcome — typically "rejected, oversize" — so it travels alone). Order is preserved:
 //! records come out of [`Batcher::take`] in the order they were pushed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// The batch bounds.
@@ -210,6 +211,76 @@ impl<T> Batcher<T> {
     }
 }
 
+/// Batchers side by side, each record going to the lane of its key (its partition): every batch
+/// then holds the partitions of one lane only, so batches of different lanes share no partition
+/// and the writer can run their PostgreSQL transactions at once. Keys get lanes round-robin in
+/// the order they are first seen, which spreads a topic's partitions evenly. One lane is exactly
+/// a [`Batcher`].
+#[derive(Debug)]
+pub struct LaneBatcher<K, T> {
+    lanes: Vec<Batcher<T>>,
+    lane_of: HashMap<K, usize>,
+}
+
+impl<K: Hash + Eq + Clone, T> LaneBatcher<K, T> {
+    pub fn new(limits: BatchLimits, lanes: usize) -> LaneBatcher<K, T> {
+        LaneBatcher {
+            lanes: (0..lanes.max(1)).map(|_| Batcher::new(limits)).collect(),
+            lane_of: HashMap::new(),
+        }
+    }
+
+    pub fn push(&mut self, key: &K, record: T, size: usize, now: Instant) -> Push {
+        let n = self.lanes.len();
+        let next = self.lane_of.len() % n;
+        let lane = *self.lane_of.entry(key.clone()).or_insert(next);
+        self.lanes[lane].push(record, size, now)
+    }
+
+    /// The earliest linger deadline of any lane.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.lanes.iter().filter_map(Batcher::deadline).min()
+    }
+
+    /// True when some lane is sealed: it must be taken before more records are accepted (this
+    /// bounds what the batcher holds to one full batch per lane plus what was carried).
+    pub fn is_full(&self) -> bool {
+        self.lanes.iter().any(Batcher::is_full)
+    }
+
+    pub fn is_due(&self, now: Instant) -> bool {
+        self.lanes.iter().any(|l| l.is_due(now))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(Batcher::is_empty)
+    }
+
+    pub fn held(&self) -> usize {
+        self.lanes.iter().map(Batcher::held).sum()
+    }
+
+    /// Takes the next batch: the due lane (sealed, or past its linger) whose first record is the
+    /// oldest; with `force` (shutdown, drain), any non-empty lane, oldest first.
+    pub fn take(&mut self, now: Instant, force: bool) -> Option<Batch<T>> {
+        let lane = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty() && (force || l.is_due(now)))
+            .min_by_key(|(_, l)| l.deadline())
+            .map(|(i, _)| i)?;
+        self.lanes[lane].take()
+    }
+
+    /// Drops the records for which `keep` is false, in every lane.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        for lane in &mut self.lanes {
+            lane.retain(&mut keep);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,5 +442,73 @@ mod tests {
             prop_assert!(b.is_empty());
             prop_assert_eq!(out, pushed);
         }
+
+        /// Lanes: every batch holds keys of one lane only (so batches of two lanes never share a
+        /// key), stays within the bounds, and nothing is lost, duplicated or reordered per key.
+        #[test]
+        fn lanes_keep_keys_apart_and_lose_nothing(
+            lanes in 1usize..4,
+            max_records in 1usize..20,
+            ops in proptest::collection::vec((0u8..6, 1usize..50, any::<bool>()), 0..300),
+        ) {
+            let now = Instant::now();
+            let mut b: LaneBatcher<u8, (u8, usize)> = LaneBatcher::new(limits(max_records, 200, 0), lanes);
+            let mut pushed: Vec<(u8, usize)> = Vec::new();
+            let mut out: Vec<Batch<(u8, usize)>> = Vec::new();
+            for (i, (key, size, take_now)) in ops.into_iter().enumerate() {
+                pushed.push((key, i));
+                b.push(&key, (key, i), size, now);
+                if take_now || b.is_full() {
+                    if let Some(batch) = b.take(now, false) {
+                        out.push(batch);
+                    }
+                }
+            }
+            while let Some(batch) = b.take(now, true) {
+                out.push(batch);
+            }
+            prop_assert!(b.is_empty());
+            // Lanes are assigned round-robin in first-seen order.
+            let mut lane_of: HashMap<u8, usize> = HashMap::new();
+            for (key, _) in &pushed {
+                let next = lane_of.len() % lanes;
+                lane_of.entry(*key).or_insert(next);
+            }
+            for batch in &out {
+                prop_assert!(!batch.records.is_empty() && batch.records.len() <= max_records);
+                let lane = lane_of[&batch.records[0].0];
+                prop_assert!(batch.records.iter().all(|r| lane_of[&r.0] == lane));
+            }
+            for key in 0u8..6 {
+                let sent: Vec<usize> = pushed.iter().filter(|r| r.0 == key).map(|r| r.1).collect();
+                let got: Vec<usize> = out.iter().flat_map(|b| &b.records).filter(|r| r.0 == key).map(|r| r.1).collect();
+                prop_assert_eq!(got, sent);
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_take_the_oldest_due_batch_and_force_takes_the_rest() {
+        let t0 = Instant::now();
+        let mut b: LaneBatcher<&str, u32> = LaneBatcher::new(limits(2, 1000, 50), 2);
+        b.push(&"p0", 1, 10, t0); // lane 0
+        b.push(&"p1", 2, 10, t0 + Duration::from_millis(10)); // lane 1
+        b.push(&"p2", 3, 10, t0 + Duration::from_millis(20)); // lane 0 again: sealed
+        assert!(b.is_full());
+        assert_eq!(b.held(), 3);
+        // Lane 0 is sealed, lane 1 is neither sealed nor past its linger.
+        let now = t0 + Duration::from_millis(20);
+        assert_eq!(b.take(now, false).unwrap().records, vec![1, 3]);
+        assert!(b.take(now, false).is_none());
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(60)));
+        assert!(b.is_due(t0 + Duration::from_millis(60)));
+        assert_eq!(b.take(now, true).unwrap().records, vec![2]);
+        assert!(b.is_empty());
+        // retain reaches every lane.
+        b.push(&"p0", 4, 10, now);
+        b.push(&"p1", 5, 10, now);
+        b.retain(|r| *r != 4);
+        assert_eq!(b.held(), 1);
+        assert_eq!(b.take(now, true).unwrap().records, vec![5]);
     }
 }

@@ -84,6 +84,9 @@ pub struct PostgresConfig {
     /// parameters; they must then agree with `sslmode` / `ssl_root_cert` below when those are set.
     pub url: String,
     pub pool_size: usize,
+    /// How many batches may be in their PostgreSQL transaction at once (on partition-disjoint
+    /// batches, each on its own connection); 1 writes them one after the other.
+    pub concurrent_batches: usize,
     /// How long a batch waits for a pooled connection before the attempt counts as a transient failure.
     pub pool_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -102,6 +105,7 @@ impl fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("url", &redact_url(&self.url))
             .field("pool_size", &self.pool_size)
+            .field("concurrent_batches", &self.concurrent_batches)
             .field("pool_timeout_ms", &self.pool_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("sslmode", &self.sslmode)
@@ -364,6 +368,7 @@ impl Default for Config {
             postgres: PostgresConfig {
                 url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
                 pool_size: 8,
+                concurrent_batches: 2,
                 pool_timeout_ms: 5_000,
                 connect_timeout_ms: 5_000,
                 sslmode: None,
@@ -392,7 +397,7 @@ impl Default for Config {
                 max_records: 1_000,
                 max_bytes: 8 * 1024 * 1024,
                 linger_ms: 50,
-                max_in_flight: 3,
+                max_in_flight: 4,
             },
             verify: VerifySettings {
                 enabled: true,
@@ -484,6 +489,14 @@ impl Config {
         }
         if self.postgres.pool_size == 0 {
             return Err(invalid("postgres.pool_size", 0, "an integer ≥ 1"));
+        }
+        let concurrent = self.postgres.concurrent_batches;
+        if concurrent == 0 || concurrent > self.postgres.pool_size {
+            return Err(invalid(
+                "postgres.concurrent_batches",
+                concurrent,
+                "an integer from 1 to postgres.pool_size (each batch in flight holds a connection)",
+            ));
         }
         if self.postgres.url.trim().is_empty() {
             return Err(invalid(
@@ -963,6 +976,7 @@ mod tests {
         let c = PostgresConfig {
             url: "postgres://u:secret@h/db".into(),
             pool_size: 1,
+            concurrent_batches: 1,
             pool_timeout_ms: 1,
             connect_timeout_ms: 1,
             sslmode: None,

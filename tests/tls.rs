@@ -36,6 +36,7 @@ fn pg_cfg(url: String, sslmode: Option<SslMode>, ca: Option<PathBuf>) -> Postgre
         sslmode,
         ssl_root_cert: ca,
         pool_size: 2,
+        concurrent_batches: 1,
         connect_timeout_ms: 5_000,
         pool_timeout_ms: 5_000,
     }

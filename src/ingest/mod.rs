@@ -14,9 +14,10 @@
 //! - The main loop batches, hands batches on while fewer than `batch.max_in_flight` are between
 //!   hand-off and commit, and handles rebalances and shutdown.
 //! - `prepare` decodes and checks a batch (off the runtime) while the writer writes earlier ones.
-//! - The writer writes batches in order, overlapping one batch's PostgreSQL transaction with the
-//!   previous batch's LMDB transaction (see [`writer`]). So it holds up to two batches, and
-//!   keeping `prepare` busy as well takes `batch.max_in_flight` = 3 (the default).
+//! - The writer finishes batches in order; it runs up to `postgres.concurrent_batches` (2)
+//!   partition-disjoint PostgreSQL transactions at once, overlapped with the previous batch's LMDB
+//!   transaction (see [`writer`]). So it holds up to three batches, and keeping `prepare` busy as
+//!   well takes `batch.max_in_flight` = 4 (the default).
 
 pub mod backoff;
 pub mod consumer;
@@ -37,8 +38,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, BatchLimits, Batcher, Push};
-use crate::config::Config;
+use crate::batch::{Batch, BatchLimits, LaneBatcher, Push};
+use crate::config::{Config, StoreMode};
 use crate::dlq::DlqSink;
 use crate::pipeline::Checker;
 use crate::store::{Outcome, Store};
@@ -252,6 +253,11 @@ pub async fn run(
     };
 
     let max_in_flight = config.batch.max_in_flight.max(1);
+    // LMDB has one writer at a time: concurrent batches only help PostgreSQL.
+    let concurrency = match config.store.mode {
+        StoreMode::Lmdb => 1,
+        StoreMode::Postgres | StoreMode::Hybrid => config.postgres.concurrent_batches.max(1),
+    };
     let (prep_tx, prep_rx) = mpsc::channel::<(u64, Batch<Record>)>(max_in_flight);
     let (write_tx, write_rx) = mpsc::channel::<Prepared>(max_in_flight);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -269,6 +275,7 @@ pub async fn run(
             committed.clone(),
             pause.clone(),
             abort.clone(),
+            concurrency,
         )
         .run(write_rx, done_tx),
     );
@@ -282,7 +289,7 @@ pub async fn run(
         owned,
         committed,
         pause,
-        batcher: Batcher::new(BatchLimits::from_config(&config.batch)),
+        batcher: LaneBatcher::new(BatchLimits::from_config(&config.batch), concurrency),
         in_flight: BTreeMap::new(),
         next_batch: 0,
         max_in_flight,
@@ -449,7 +456,9 @@ struct MainLoop<'a> {
     owned: Owned,
     committed: Arc<Mutex<HashMap<Tp, i64>>>,
     pause: Arc<PauseFlags>,
-    batcher: Batcher<Record>,
+    /// One lane per batch the writer may have in PostgreSQL at once: batches of different lanes
+    /// share no partition, so they can be written concurrently.
+    batcher: LaneBatcher<Tp, Record>,
     /// Batches between hand-off and completion, with the partitions each holds.
     in_flight: BTreeMap<u64, HashSet<Tp>>,
     next_batch: u64,
@@ -509,7 +518,13 @@ impl MainLoop<'_> {
             let can_hand_off = self.in_flight.len() < self.max_in_flight
                 && !self.batcher.is_empty()
                 && (self.batcher.is_due(now) || stopping.is_some());
-            let linger = self.batcher.deadline().filter(|_| !can_hand_off);
+            // Wake for a linger deadline still ahead. One already passed while the batch cannot be
+            // handed off (`max_in_flight` reached) would fire at once, again and again: a busy
+            // loop burning a core during every backlog; a completion wakes the loop instead.
+            let linger = self
+                .batcher
+                .deadline()
+                .filter(|d| !can_hand_off && *d > now);
 
             tokio::select! {
                 biased;
@@ -546,7 +561,7 @@ impl MainLoop<'_> {
                     }
                 }, if can_hand_off => {
                     if let Some(permit) = permit {
-                        self.hand_off(permit);
+                        self.hand_off(permit, stopping.is_some());
                     }
                 }
                 record = rec_rx.recv(), if stopping.is_none() && !self.batcher.is_full() => match record {
@@ -634,13 +649,15 @@ impl MainLoop<'_> {
             return;
         }
         let size = record.size();
-        if let Push::Full(reason) = self.batcher.push(record, size, Instant::now()) {
+        let tp = record.tp.clone();
+        if let Push::Full(reason) = self.batcher.push(&tp, record, size, Instant::now()) {
             tracing::trace!(reason = reason.as_str(), "batch full");
         }
     }
 
-    fn hand_off(&mut self, permit: mpsc::Permit<'_, (u64, Batch<Record>)>) {
-        let Some(batch) = self.batcher.take() else {
+    /// Hands the next due batch to `prepare`; `force` (stopping) takes one even before its linger.
+    fn hand_off(&mut self, permit: mpsc::Permit<'_, (u64, Batch<Record>)>, force: bool) {
+        let Some(batch) = self.batcher.take(Instant::now(), force) else {
             return;
         };
         let id = self.next_batch;

@@ -8,16 +8,19 @@
 //! store transaction commits — otherwise a crash in between would skip it on restart. Hence: DLQ
 //! first, then the store, then Kafka.
 //!
-//! The two store transactions are pipelined across batches: batch N's LMDB transaction (mostly an
-//! fsync) runs in a task while batch N+1 is dead-lettered and written to PostgreSQL; then N is
-//! finished (its LMDB transaction awaited, retried on its own if it failed, its offsets committed)
-//! before N+1's LMDB transaction starts. So LMDB transactions still run one at a time in batch
-//! order (the append layout and the heal checks rely on that), commits stay in batch order, and a
-//! batch's offsets are committed only once both of its transactions are. A crash with PostgreSQL
-//! one batch ahead of LMDB is the crash between the two commits the hybrid store already heals
-//! on redelivery (its applied offsets are the lower of the two).
+//! The stores' transactions are pipelined across batches. Up to `postgres.concurrent_batches`
+//! batches are dead-lettered and written to PostgreSQL at once, each on its own connection, as
+//! long as they share no partition (see [`Writer::run`]); meanwhile the previous batch's LMDB
+//! transaction (mostly an fsync) runs in a task. Batches are then finished in batch order (LMDB
+//! transaction awaited, retried on its own if it failed, offsets committed) before the next one's
+//! LMDB transaction starts. So LMDB transactions run one at a time in batch order, commits stay in
+//! batch order, and a batch's offsets are committed only once both of its transactions are. A
+//! crash with PostgreSQL ahead of LMDB (by up to `concurrent_batches` + 1 batches, which may have
+//! committed to PostgreSQL out of batch order) is the crash between the two commits the hybrid
+//! store heals on redelivery, whatever order the messages come back in (its applied offsets are
+//! the lower of the two).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,17 +107,34 @@ impl Default for RetryPolicy {
 }
 
 pub struct Writer {
-    pub store: Store,
-    pub dlq: DlqSink,
-    pub consumer: Arc<IngestConsumer>,
-    pub owned: Owned,
+    /// What the PostgreSQL phases need; each one in flight runs with its own clone.
+    saver: Saver,
+    consumer: Arc<IngestConsumer>,
     /// Last next-offset committed per partition (the final synchronous commit re-sends these).
-    pub committed: Arc<Mutex<HashMap<Tp, i64>>>,
-    pub pause: Arc<PauseFlags>,
+    committed: Arc<Mutex<HashMap<Tp, i64>>>,
+    /// How many batches may be in their PostgreSQL phase at once (`postgres.concurrent_batches`).
+    concurrency: usize,
+}
+
+/// The PostgreSQL phase of a batch: dead letters, then the store's PostgreSQL transaction(s),
+/// retried and isolated as needed. Cheap to clone: one clone per batch in flight.
+#[derive(Clone)]
+struct Saver {
+    store: Store,
+    dlq: DlqSink,
+    owned: Owned,
+    pause: Arc<PauseFlags>,
     /// Hard stop: give up the current batch (uncommitted) and return.
-    pub abort: CancellationToken,
-    pub retry: RetryPolicy,
-    pub rng: StdRng,
+    abort: CancellationToken,
+    retry: RetryPolicy,
+    rng: StdRng,
+}
+
+/// A batch in its PostgreSQL phase, in a task.
+struct InPostgres {
+    /// Every partition the batch has a message of (valid or rejected).
+    partitions: HashSet<Tp>,
+    task: JoinHandle<Result<Staged, WriteError>>,
 }
 
 /// A batch whose fates are decided and whose saved parts still need LMDB.
@@ -147,6 +167,7 @@ struct Chunk {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         dlq: DlqSink,
@@ -155,71 +176,312 @@ impl Writer {
         committed: Arc<Mutex<HashMap<Tp, i64>>>,
         pause: Arc<PauseFlags>,
         abort: CancellationToken,
+        concurrency: usize,
     ) -> Writer {
         Writer {
-            store,
-            dlq,
+            saver: Saver {
+                store,
+                dlq,
+                owned,
+                pause,
+                abort,
+                retry: RetryPolicy::default(),
+                rng: StdRng::from_entropy(),
+            },
             consumer,
-            owned,
             committed,
-            pause,
-            abort,
-            retry: RetryPolicy::default(),
-            rng: StdRng::from_entropy(),
+            concurrency: concurrency.max(1),
         }
     }
 
     /// Writes batches until the input closes.
+    ///
+    /// Up to `concurrency` batches are in their PostgreSQL phase at once, each on its own
+    /// connection, as long as no two of them share a partition: a partition's progress row (its
+    /// applied offset) must never move past a message of an earlier batch that is still undecided,
+    /// and batches on disjoint partitions have no order between them in Kafka either. Results are
+    /// taken in batch order, so LMDB transactions and offset commits stay in batch order. A batch
+    /// whose partitions overlap one in flight waits for it (and everything behind it waits too).
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<Prepared>,
         done: mpsc::UnboundedSender<Completion>,
     ) -> Result<(), WriteError> {
+        let mut in_pg: VecDeque<InPostgres> = VecDeque::new();
+        // The next batch, received but not started: its partitions overlap one in flight, or
+        // `concurrency` batches are already in flight.
+        let mut waiting: Option<Prepared> = None;
         // The batch whose LMDB transaction is running, if any.
         let mut pending: Option<InLmdb> = None;
-        loop {
-            let batch = tokio::select! {
-                batch = rx.recv() => batch,
+        let mut input_open = true;
+        let result = loop {
+            if let Some(batch) = waiting.take() {
+                let partitions: HashSet<Tp> = batch.records.iter().map(|r| r.tp.clone()).collect();
+                let busy: Vec<&HashSet<Tp>> = in_pg.iter().map(|b| &b.partitions).collect();
+                if may_start(&busy, &partitions, self.concurrency) {
+                    let mut saver = self.saver.clone();
+                    saver.rng = StdRng::from_entropy();
+                    let task = tokio::spawn(async move { saver.write_postgres(batch).await });
+                    in_pg.push_back(InPostgres { partitions, task });
+                } else {
+                    waiting = Some(batch);
+                }
+            }
+            if !input_open && waiting.is_none() && in_pg.is_empty() {
+                break Ok(());
+            }
+            tokio::select! {
+                batch = rx.recv(), if input_open && waiting.is_none() => match batch {
+                    Some(batch) => waiting = Some(batch),
+                    None => input_open = false,
+                },
+                res = async { (&mut in_pg.front_mut().expect("guarded").task).await }, if !in_pg.is_empty() => {
+                    in_pg.pop_front();
+                    let staged = match res {
+                        Ok(Ok(staged)) => staged,
+                        Ok(Err(e)) => break Err(e),
+                        Err(e) => break Err(WriteError::Fatal(format!("PostgreSQL write task failed: {e}"))),
+                    };
+                    if let Some(p) = pending.take() {
+                        let res = p.task.await;
+                        match self.finish(p.staged, res).await {
+                            Ok(completion) => {
+                                let _ = done.send(completion);
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    pending = Some(self.start_lmdb(staged));
+                }
                 // An idle worker still commits its last batch as soon as LMDB holds it.
                 res = async { (&mut pending.as_mut().expect("guarded").task).await }, if pending.is_some() => {
                     let p = pending.take().expect("guarded");
-                    let completion = self.finish(p.staged, res).await?;
-                    // The main loop may be gone at the very end of a shutdown: the batch is
-                    // committed, so nothing is lost by not reporting it.
-                    let _ = done.send(completion);
-                    continue;
-                }
-            };
-            let Some(batch) = batch else { break };
-            let staged = match self.write_postgres(batch).await {
-                Ok(staged) => staged,
-                Err(e) => {
-                    // A fatal error in this batch does not make the previous one wrong: finish
-                    // it as the sequential writer would have. On a hard stop it stays
-                    // uncommitted.
-                    if let (WriteError::Fatal(_), Some(p)) = (&e, pending.take()) {
-                        let res = p.task.await;
-                        let completion = self.finish(p.staged, res).await?;
-                        let _ = done.send(completion);
+                    match self.finish(p.staged, res).await {
+                        // The main loop may be gone at the very end of a shutdown: the batch is
+                        // committed, so nothing is lost by not reporting it.
+                        Ok(completion) => {
+                            let _ = done.send(completion);
+                        }
+                        Err(e) => break Err(e),
                     }
-                    return Err(e);
                 }
-            };
-            if let Some(p) = pending.take() {
-                let res = p.task.await;
-                let completion = self.finish(p.staged, res).await?;
-                let _ = done.send(completion);
             }
-            pending = Some(self.start_lmdb(staged));
+        };
+        // Batches behind a failed one stay uncommitted: whatever they wrote to PostgreSQL is
+        // recognised (and LMDB healed) when their messages are read again.
+        for b in in_pg {
+            b.task.abort();
         }
-        if let Some(p) = pending.take() {
+        // A fatal error in a later batch does not make this one wrong: finish it as the
+        // sequential writer would have. On a hard stop it stays uncommitted.
+        if let (Err(WriteError::Fatal(_)) | Ok(()), Some(p)) = (&result, pending.take()) {
             let res = p.task.await;
             let completion = self.finish(p.staged, res).await?;
             let _ = done.send(completion);
         }
-        Ok(())
+        result
     }
 
+    /// Starts the LMDB transactions of a batch saved to PostgreSQL, in a task.
+    fn start_lmdb(&self, mut staged: Staged) -> InLmdb {
+        let saved = std::mem::take(&mut staged.saved);
+        let store = self.saver.store.clone();
+        let task = tokio::spawn(async move {
+            let mut written = 0;
+            let mut result = Ok(());
+            for (items, phase) in &saved {
+                match store.write_lmdb(items, phase).await {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            LmdbDone {
+                saved,
+                written,
+                result,
+            }
+        });
+        InLmdb { staged, task }
+    }
+
+    /// Completes a batch once its LMDB task ended: retries what LMDB did not take (LMDB only:
+    /// PostgreSQL already decided the outcomes), then commits the offsets.
+    async fn finish(
+        &mut self,
+        mut staged: Staged,
+        task: Result<LmdbDone, tokio::task::JoinError>,
+    ) -> Result<Completion, WriteError> {
+        let LmdbDone {
+            saved,
+            mut written,
+            mut result,
+        } = task.map_err(|e| WriteError::Fatal(format!("LMDB write task failed: {e}")))?;
+        let mut backoff = Backoff::new(self.saver.retry.base, self.saver.retry.max);
+        loop {
+            if let Err(e) = result {
+                let envelopes = saved[written].0.len();
+                match classify(&e) {
+                    ErrorClass::Transient if needs_operator(&e) => {
+                        tracing::error!(error = %e, cause = e.cause(), envelopes, "LMDB write failed; retrying it (offsets do not move) until an operator makes room for LMDB");
+                    }
+                    ErrorClass::Transient => {
+                        tracing::warn!(error = %e, cause = e.cause(), envelopes, "LMDB write failed; retrying it (offsets do not move)");
+                    }
+                    // PostgreSQL already stored these messages: there is nothing to isolate.
+                    ErrorClass::Message | ErrorClass::Fatal => {
+                        tracing::error!(error = %e, cause = e.cause(), "LMDB write failed and retrying cannot help; stopping without committing");
+                        return Err(WriteError::Fatal(format!("store: {e}")));
+                    }
+                }
+                self.saver
+                    .back_off(&mut backoff, e.cause(), &mut staged.report)
+                    .await?;
+            }
+            // Every saved part, even of partitions revoked meanwhile: PostgreSQL holds them, and a
+            // later batch's LMDB transaction must not pass a hole.
+            result = Ok(());
+            while written < saved.len() {
+                let (items, phase) = &saved[written];
+                match self.saver.store.write_lmdb(items, phase).await {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                break;
+            }
+        }
+        self.saver.recovered(&backoff);
+
+        let Staged {
+            id,
+            records,
+            fates,
+            mut report,
+            ..
+        } = staged;
+        let committed = self.commit(&records, &fates, &mut report);
+
+        for (i, fate) in fates.iter().enumerate() {
+            match fate {
+                Fate::Done(o) => {
+                    report.count_outcome(*o);
+                    metrics::counter!(names::ENVELOPES, "outcome" => o.as_str()).increment(1);
+                }
+                Fate::Rejected(reason) => {
+                    report.rejected += 1;
+                    *report.rejected_by_reason.entry(reason.clone()).or_default() += 1;
+                    metrics::counter!(names::ENVELOPES, "outcome" => "rejected").increment(1);
+                    metrics::counter!(names::REJECTED, "reason" => reason.clone()).increment(1);
+                }
+                Fate::Abandoned => {
+                    report.abandoned += 1;
+                    metrics::counter!(names::ABANDONED).increment(1);
+                }
+                Fate::Pending => {
+                    // Every path above decides each message; reaching this is a bug, and
+                    // committing past an undecided message could lose it.
+                    return Err(WriteError::Fatal(format!(
+                        "internal error: message {} offset {} left without an outcome",
+                        records[i].tp, records[i].offset
+                    )));
+                }
+            }
+        }
+        Ok(Completion {
+            id,
+            report,
+            committed,
+        })
+    }
+
+    /// Commits, per owned partition, the highest offset of the batch + 1. A partition revoked
+    /// meanwhile (or re-assigned under a new epoch) is not committed: its new owner decides.
+    fn commit(
+        &self,
+        records: &[Record],
+        fates: &[Fate],
+        report: &mut IngestReport,
+    ) -> Vec<(Tp, i64)> {
+        let mut next: BTreeMap<&Tp, (u64, i64)> = BTreeMap::new();
+        for (r, f) in records.iter().zip(fates) {
+            if matches!(f, Fate::Abandoned) {
+                continue;
+            }
+            let e = next.entry(&r.tp).or_insert((r.epoch, r.offset + 1));
+            e.1 = e.1.max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        let mut committed = Vec::with_capacity(next.len());
+        // Held across the commit call so a revocation cannot slip in between the ownership check
+        // and the commit (the call only enqueues; it does not wait for the broker).
+        let owned = lock(&self.saver.owned);
+        for (tp, (epoch, offset)) in &next {
+            if owned.get(*tp) == Some(epoch) {
+                if let Err(e) =
+                    tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+                {
+                    tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
+                    continue;
+                }
+                committed.push(((*tp).clone(), *offset));
+            }
+        }
+        if committed.is_empty() {
+            return committed;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            // The stores hold the applied offsets: a restart resumes correctly; only lag is stale
+            // until the next commit supersedes this one.
+            tracing::warn!(error = %e, "Kafka offset commit failed");
+        }
+        {
+            // Under the ownership lock: a re-assignment (which forgets the old position) cannot
+            // slip in between the check above and this.
+            let mut c = lock(&self.committed);
+            for (tp, o) in &committed {
+                c.insert(tp.clone(), *o);
+            }
+        }
+        drop(owned);
+        metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(names::BATCHES_COMMITTED).increment(1);
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(names::LAST_COMMIT).set(now_s);
+        let e2e = metrics::histogram!(names::END_TO_END_SECONDS);
+        for (r, f) in records.iter().zip(fates) {
+            if matches!(f, Fate::Abandoned) {
+                continue;
+            }
+            if let Some(ts) = r.timestamp_ms {
+                e2e.record((now_s - ts as f64 / 1000.0).max(0.0));
+            }
+        }
+        report.batches_committed += 1;
+        let now_us = (now_s * 1e6) as u64;
+        if report.first_commit_us == 0 {
+            report.first_commit_us = now_us;
+            report.first_batch_messages = records.len() as u64;
+        }
+        report.last_commit_us = now_us;
+        committed
+    }
+}
+
+impl Saver {
     /// Dead-letters the rejects and saves the valid messages to PostgreSQL: every message's fate
     /// is decided, nothing is in LMDB or committed yet.
     async fn write_postgres(&mut self, batch: Prepared) -> Result<Staged, WriteError> {
@@ -268,124 +530,6 @@ impl Writer {
         .await?;
         self.save_isolating(&mut staged, chunk).await?;
         Ok(staged)
-    }
-
-    /// Starts the LMDB transactions of a batch saved to PostgreSQL, in a task.
-    fn start_lmdb(&self, mut staged: Staged) -> InLmdb {
-        let saved = std::mem::take(&mut staged.saved);
-        let store = self.store.clone();
-        let task = tokio::spawn(async move {
-            let mut written = 0;
-            let mut result = Ok(());
-            for (items, phase) in &saved {
-                match store.write_lmdb(items, phase).await {
-                    Ok(()) => written += 1,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            LmdbDone {
-                saved,
-                written,
-                result,
-            }
-        });
-        InLmdb { staged, task }
-    }
-
-    /// Completes a batch once its LMDB task ended: retries what LMDB did not take (LMDB only:
-    /// PostgreSQL already decided the outcomes), then commits the offsets.
-    async fn finish(
-        &mut self,
-        mut staged: Staged,
-        task: Result<LmdbDone, tokio::task::JoinError>,
-    ) -> Result<Completion, WriteError> {
-        let LmdbDone {
-            saved,
-            mut written,
-            mut result,
-        } = task.map_err(|e| WriteError::Fatal(format!("LMDB write task failed: {e}")))?;
-        let mut backoff = Backoff::new(self.retry.base, self.retry.max);
-        loop {
-            if let Err(e) = result {
-                let envelopes = saved[written].0.len();
-                match classify(&e) {
-                    ErrorClass::Transient if needs_operator(&e) => {
-                        tracing::error!(error = %e, cause = e.cause(), envelopes, "LMDB write failed; retrying it (offsets do not move) until an operator makes room for LMDB");
-                    }
-                    ErrorClass::Transient => {
-                        tracing::warn!(error = %e, cause = e.cause(), envelopes, "LMDB write failed; retrying it (offsets do not move)");
-                    }
-                    // PostgreSQL already stored these messages: there is nothing to isolate.
-                    ErrorClass::Message | ErrorClass::Fatal => {
-                        tracing::error!(error = %e, cause = e.cause(), "LMDB write failed and retrying cannot help; stopping without committing");
-                        return Err(WriteError::Fatal(format!("store: {e}")));
-                    }
-                }
-                self.back_off(&mut backoff, e.cause(), &mut staged.report)
-                    .await?;
-            }
-            // Every saved part, even of partitions revoked meanwhile: PostgreSQL holds them, and a
-            // later batch's LMDB transaction must not pass a hole.
-            result = Ok(());
-            while written < saved.len() {
-                let (items, phase) = &saved[written];
-                match self.store.write_lmdb(items, phase).await {
-                    Ok(()) => written += 1,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if result.is_ok() {
-                break;
-            }
-        }
-        self.recovered(&backoff);
-
-        let Staged {
-            id,
-            records,
-            fates,
-            mut report,
-            ..
-        } = staged;
-        let committed = self.commit(&records, &fates, &mut report);
-
-        for (i, fate) in fates.iter().enumerate() {
-            match fate {
-                Fate::Done(o) => {
-                    report.count_outcome(*o);
-                    metrics::counter!(names::ENVELOPES, "outcome" => o.as_str()).increment(1);
-                }
-                Fate::Rejected(reason) => {
-                    report.rejected += 1;
-                    *report.rejected_by_reason.entry(reason.clone()).or_default() += 1;
-                    metrics::counter!(names::ENVELOPES, "outcome" => "rejected").increment(1);
-                    metrics::counter!(names::REJECTED, "reason" => reason.clone()).increment(1);
-                }
-                Fate::Abandoned => {
-                    report.abandoned += 1;
-                    metrics::counter!(names::ABANDONED).increment(1);
-                }
-                Fate::Pending => {
-                    // Every path above decides each message; reaching this is a bug, and
-                    // committing past an undecided message could lose it.
-                    return Err(WriteError::Fatal(format!(
-                        "internal error: message {} offset {} left without an outcome",
-                        records[i].tp, records[i].offset
-                    )));
-                }
-            }
-        }
-        Ok(Completion {
-            id,
-            report,
-            committed,
-        })
     }
 
     fn owns(&self, r: &Record) -> bool {
@@ -606,85 +750,12 @@ impl Writer {
             );
         }
     }
+}
 
-    /// Commits, per owned partition, the highest offset of the batch + 1. A partition revoked
-    /// meanwhile (or re-assigned under a new epoch) is not committed: its new owner decides.
-    fn commit(
-        &self,
-        records: &[Record],
-        fates: &[Fate],
-        report: &mut IngestReport,
-    ) -> Vec<(Tp, i64)> {
-        let mut next: BTreeMap<&Tp, (u64, i64)> = BTreeMap::new();
-        for (r, f) in records.iter().zip(fates) {
-            if matches!(f, Fate::Abandoned) {
-                continue;
-            }
-            let e = next.entry(&r.tp).or_insert((r.epoch, r.offset + 1));
-            e.1 = e.1.max(r.offset + 1);
-        }
-        if next.is_empty() {
-            return Vec::new();
-        }
-        let started = Instant::now();
-        let mut tpl = TopicPartitionList::with_capacity(next.len());
-        let mut committed = Vec::with_capacity(next.len());
-        // Held across the commit call so a revocation cannot slip in between the ownership check
-        // and the commit (the call only enqueues; it does not wait for the broker).
-        let owned = lock(&self.owned);
-        for (tp, (epoch, offset)) in &next {
-            if owned.get(*tp) == Some(epoch) {
-                if let Err(e) =
-                    tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
-                {
-                    tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
-                    continue;
-                }
-                committed.push(((*tp).clone(), *offset));
-            }
-        }
-        if committed.is_empty() {
-            return committed;
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            // The stores hold the applied offsets: a restart resumes correctly; only lag is stale
-            // until the next commit supersedes this one.
-            tracing::warn!(error = %e, "Kafka offset commit failed");
-        }
-        {
-            // Under the ownership lock: a re-assignment (which forgets the old position) cannot
-            // slip in between the check above and this.
-            let mut c = lock(&self.committed);
-            for (tp, o) in &committed {
-                c.insert(tp.clone(), *o);
-            }
-        }
-        drop(owned);
-        metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(names::BATCHES_COMMITTED).increment(1);
-        let now_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!(names::LAST_COMMIT).set(now_s);
-        let e2e = metrics::histogram!(names::END_TO_END_SECONDS);
-        for (r, f) in records.iter().zip(fates) {
-            if matches!(f, Fate::Abandoned) {
-                continue;
-            }
-            if let Some(ts) = r.timestamp_ms {
-                e2e.record((now_s - ts as f64 / 1000.0).max(0.0));
-            }
-        }
-        report.batches_committed += 1;
-        let now_us = (now_s * 1e6) as u64;
-        if report.first_commit_us == 0 {
-            report.first_commit_us = now_us;
-            report.first_batch_messages = records.len() as u64;
-        }
-        report.last_commit_us = now_us;
-        committed
-    }
+/// Whether a batch on `partitions` may start its PostgreSQL phase while batches on `busy` are in
+/// theirs: fewer than `concurrency` in flight, and no partition shared with any of them.
+fn may_start(busy: &[&HashSet<Tp>], partitions: &HashSet<Tp>, concurrency: usize) -> bool {
+    busy.len() < concurrency && busy.iter().all(|b| b.is_disjoint(partitions))
 }
 
 fn letter(r: &Record, reason: String, detail: String) -> DeadLetter {
@@ -719,4 +790,39 @@ fn needs_operator(e: &StoreError) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tps(parts: &[i32]) -> HashSet<Tp> {
+        parts
+            .iter()
+            .map(|&p| Tp {
+                topic: "t".into(),
+                partition: p,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_starts_only_beside_partition_disjoint_ones_and_within_the_limit() {
+        let (a, b) = (tps(&[0, 2]), tps(&[1, 3]));
+        assert!(may_start(&[], &a, 1));
+        assert!(!may_start(&[&a], &b, 1));
+        assert!(may_start(&[&a], &b, 2));
+        assert!(!may_start(&[&a], &tps(&[2, 5]), 2), "shares partition 2");
+        assert!(!may_start(&[&a, &b], &tps(&[4]), 2), "limit reached");
+        assert!(may_start(&[&a, &b], &tps(&[4]), 3));
+        let other_topic: HashSet<Tp> = [Tp {
+            topic: "u".into(),
+            partition: 0,
+        }]
+        .into();
+        assert!(
+            may_start(&[&a], &other_topic, 2),
+            "same number, other topic"
+        );
+    }
 }
