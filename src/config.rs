@@ -935,6 +935,20 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_batches_must_fit_in_the_pool() {
+        for toml in [
+            "[postgres]\nconcurrent_batches = 0",
+            "[postgres]\npool_size = 2\nconcurrent_batches = 3",
+        ] {
+            let err = with_toml(toml).unwrap_err().to_string();
+            assert!(err.contains("`postgres.concurrent_batches`"), "{err}");
+            assert!(err.contains("from 1 to postgres.pool_size"), "{err}");
+        }
+        let c = with_toml("[postgres]\npool_size = 2\nconcurrent_batches = 2").unwrap();
+        assert_eq!(c.postgres.concurrent_batches, 2);
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         let err = with_toml("[batch]\nmax_recrods = 5")
             .unwrap_err()
