@@ -394,7 +394,7 @@ impl Default for Config {
                 properties: BTreeMap::new(),
             },
             batch: BatchConfig {
-                max_records: 1_000,
+                max_records: 4_000,
                 max_bytes: 8 * 1024 * 1024,
                 linger_ms: 50,
                 max_in_flight: 4,
