@@ -595,7 +595,7 @@ impl PgStore {
                 Lookup::Skip => Ok(Vec::new()),
             }
         })?;
-        let applied: HashMap<(String, i32), i64> = locked
+        let applied: HashMap<(&str, i32), i64> = locked
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
             .collect();
@@ -614,7 +614,7 @@ impl PgStore {
             .map(|i| {
                 i.pos.as_ref().is_some_and(|p| {
                     applied
-                        .get(&(p.topic.to_string(), p.partition))
+                        .get(&(&*p.topic, p.partition))
                         .is_some_and(|&a| p.offset <= a)
                 })
             })
