@@ -20,6 +20,7 @@
 //! rules is checked at the step where nekhebet-core checks the same thing (depth at 7,
 //! timestamps at 4), and the rules nekhebet-core lacks at step 3.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Write};
 
@@ -373,9 +374,33 @@ pub fn estimate_payload_size(v: &Json<'_>) -> Result<usize, usize> {
     est(v, 0)
 }
 
+/// Keys each checking thread keeps decompressed (cleared when full).
+const KEY_CACHE: usize = 4096;
+
+/// The public key, decompressed. Decompressing costs ≈10 % of a verification and producers sign
+/// with few keys, so each thread keeps the keys it met, by their exact bytes (the same bytes
+/// always decompress to the same point, so the verdicts cannot differ). Invalid keys are not kept.
+fn verifying_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    thread_local! {
+        static KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+    }
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some(key) = keys.get(bytes) {
+            return Some(*key);
+        }
+        let key = VerifyingKey::from_bytes(bytes).ok()?;
+        if keys.len() >= KEY_CACHE {
+            keys.clear();
+        }
+        keys.insert(*bytes, key);
+        Some(key)
+    })
+}
+
 /// Cofactorless single verification, the equation OpenSSL (and so nekhebet-core) uses.
 fn verify_one(env: &Envelope, header_bytes: &[u8]) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(&env.public_key) else {
+    let Some(key) = verifying_key(&env.public_key) else {
         return false;
     };
     key.verify(header_bytes, &Signature::from_bytes(&env.signature))
@@ -395,7 +420,7 @@ fn verify_chunk(items: &[(&Envelope, &[u8])], exact: bool) -> Vec<bool> {
     let mut ok = vec![false; items.len()];
     let mut batch: Vec<(usize, VerifyingKey, Signature)> = Vec::with_capacity(items.len());
     for (i, (env, msg)) in items.iter().enumerate() {
-        let Ok(key) = VerifyingKey::from_bytes(&env.public_key) else {
+        let Some(key) = verifying_key(&env.public_key) else {
             continue;
         };
         let sig = Signature::from_bytes(&env.signature);
