@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::pg::TestDb;
 use nekhebet_store::config::{Config, LmdbConfig};
 use nekhebet_store::envelope::{self, Envelope, Limits};
-use nekhebet_store::store::{HybridStore, Item, KafkaPos, LmdbStore, Outcome, Store};
+use nekhebet_store::store::{HybridStore, Item, KafkaPos, LmdbStore, Outcome, PgStore, Store};
 
 fn sample_lines() -> Vec<String> {
     let path = concat!(
@@ -582,14 +582,11 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
     drop(writer);
 }
 
-#[tokio::test]
-async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit() {
+/// A hybrid store in the append layout over the test database and a fresh LMDB in `dir`.
+async fn append_hybrid(db: &TestDb, dir: &std::path::Path) -> (PgStore, LmdbStore, Store) {
     use nekhebet_store::config::LmdbLayout;
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let lines = sample_lines();
     let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+    let lmdb = LmdbStore::open(&lmdb_config(dir, 1 << 24), false)
         .await
         .unwrap();
     let hybrid = Store::Hybrid(HybridStore::with_layout(
@@ -597,6 +594,15 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
         lmdb.clone(),
         LmdbLayout::Append,
     ));
+    (pg, lmdb, hybrid)
+}
+
+#[tokio::test]
+async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lines = sample_lines();
+    let (pg, lmdb, hybrid) = append_hybrid(&db, dir.path()).await;
 
     assert_eq!(
         tally(&hybrid.save_batch(&items(&lines[..20])).await.unwrap()),
@@ -656,19 +662,10 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
 /// one's. Healing must not depend on that order: every blob ends up under its seq.
 #[tokio::test]
 async fn append_layout_heals_whatever_order_the_lost_batches_come_back_in() {
-    use nekhebet_store::config::LmdbLayout;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let lines = sample_lines();
-    let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
-        .await
-        .unwrap();
-    let hybrid = Store::Hybrid(HybridStore::with_layout(
-        pg.clone(),
-        lmdb.clone(),
-        LmdbLayout::Append,
-    ));
+    let (pg, lmdb, hybrid) = append_hybrid(&db, dir.path()).await;
     hybrid.save_batch(&items(&lines[..20])).await.unwrap();
     // Two batches PostgreSQL committed and LMDB never saw.
     pg.save_batch(&items(&lines[20..50])).await.unwrap();
