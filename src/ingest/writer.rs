@@ -223,6 +223,7 @@ impl Writer {
                     saver.rng = StdRng::from_entropy();
                     let task = tokio::spawn(async move { saver.write_postgres(batch).await });
                     in_pg.push_back(InPostgres { partitions, task });
+                    metrics::gauge!(names::POSTGRES_BATCHES).set(in_pg.len() as f64);
                 } else {
                     waiting = Some(batch);
                 }
@@ -237,6 +238,7 @@ impl Writer {
                 },
                 res = async { (&mut in_pg.front_mut().expect("guarded").task).await }, if !in_pg.is_empty() => {
                     in_pg.pop_front();
+                    metrics::gauge!(names::POSTGRES_BATCHES).set(in_pg.len() as f64);
                     let staged = match res {
                         Ok(Ok(staged)) => staged,
                         Ok(Err(e)) => break Err(e),
@@ -272,6 +274,7 @@ impl Writer {
         for b in in_pg {
             b.task.abort();
         }
+        metrics::gauge!(names::POSTGRES_BATCHES).set(0.0);
         // A fatal error in a later batch does not make this one wrong: finish it as the
         // sequential writer would have. On a hard stop it stays uncommitted.
         if let (Err(WriteError::Fatal(_)) | Ok(()), Some(p)) = (&result, pending.take()) {

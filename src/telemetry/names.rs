@@ -30,6 +30,8 @@ pub const CONSUMER_LAG: &str = "nekhebet_consumer_lag_messages";
 pub const ASSIGNED_PARTITIONS: &str = "nekhebet_assigned_partitions";
 /// Gauge: batches being written (between hand-off and offset commit).
 pub const IN_FLIGHT_BATCHES: &str = "nekhebet_in_flight_batches";
+/// Gauge: batches in their PostgreSQL transaction right now (≤ `postgres.concurrent_batches`).
+pub const POSTGRES_BATCHES: &str = "nekhebet_postgres_batches_in_flight";
 /// Gauge: 1 while consumption is paused (backing off after a transient failure).
 pub const PAUSED: &str = "nekhebet_consumer_paused";
 /// Counter, label `cause`: retried attempts after a transient failure.
