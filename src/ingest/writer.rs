@@ -208,15 +208,14 @@ impl Writer {
         done: mpsc::UnboundedSender<Completion>,
     ) -> Result<(), WriteError> {
         let mut in_pg: VecDeque<InPostgres> = VecDeque::new();
-        // The next batch, received but not started: its partitions overlap one in flight, or
-        // `concurrency` batches are already in flight.
-        let mut waiting: Option<Prepared> = None;
+        // The next batch (with its partitions), received but not started: its partitions overlap
+        // one in flight, or `concurrency` batches are already in flight.
+        let mut waiting: Option<(HashSet<Tp>, Prepared)> = None;
         // The batch whose LMDB transaction is running, if any.
         let mut pending: Option<InLmdb> = None;
         let mut input_open = true;
         let result = loop {
-            if let Some(batch) = waiting.take() {
-                let partitions: HashSet<Tp> = batch.records.iter().map(|r| r.tp.clone()).collect();
+            if let Some((partitions, batch)) = waiting.take() {
                 let busy: Vec<&HashSet<Tp>> = in_pg.iter().map(|b| &b.partitions).collect();
                 if may_start(&busy, &partitions, self.concurrency) {
                     let mut saver = self.saver.clone();
@@ -225,7 +224,7 @@ impl Writer {
                     in_pg.push_back(InPostgres { partitions, task });
                     metrics::gauge!(names::POSTGRES_BATCHES).set(in_pg.len() as f64);
                 } else {
-                    waiting = Some(batch);
+                    waiting = Some((partitions, batch));
                 }
             }
             if !input_open && waiting.is_none() && in_pg.is_empty() {
@@ -233,7 +232,10 @@ impl Writer {
             }
             tokio::select! {
                 batch = rx.recv(), if input_open && waiting.is_none() => match batch {
-                    Some(batch) => waiting = Some(batch),
+                    Some(batch) => {
+                        let partitions = batch.records.iter().map(|r| r.tp.clone()).collect();
+                        waiting = Some((partitions, batch));
+                    }
                     None => input_open = false,
                 },
                 res = async { (&mut in_pg.front_mut().expect("guarded").task).await }, if !in_pg.is_empty() => {

@@ -126,13 +126,7 @@ impl HybridStore {
             // come back in any grouping and order (a later batch's before an earlier one's).
             others.sort_unstable();
             others.dedup();
-            let held: Vec<i64> = self
-                .pg
-                .seqs_of_hashes(&others)
-                .await?
-                .into_iter()
-                .map(|(_, seq)| seq)
-                .collect();
+            let held = self.pg.seqs_of_hashes(&others).await?;
             let missing = if held.is_empty() {
                 Vec::new()
             } else {

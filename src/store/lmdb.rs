@@ -14,6 +14,7 @@
 //! Every LMDB call runs on the blocking pool, never on the async runtime. A full map is grown
 //! (doubled, up to `lmdb.max_map_size`) and the transaction retried.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -399,20 +400,12 @@ impl LmdbStore {
 
     /// Append layout: which of these seqs have no blob.
     pub async fn missing_seqs(&self, seqs: Vec<i64>) -> Result<Vec<i64>, StoreError> {
-        let this = self.clone();
-        run_blocking(move || {
-            this.read(|dbs, rtxn| {
-                let mut missing = Vec::new();
-                for seq in seqs {
-                    if dbs.blobs.get(rtxn, &seq.to_be_bytes())?.is_none() {
-                        missing.push(seq);
-                    }
-                }
-                Ok(missing)
-            })
-        })
-        .await?
-        .map_err(StoreError::Lmdb)
+        self.absent(
+            seqs,
+            |dbs| dbs.blobs,
+            |seq| Cow::Owned(seq.to_be_bytes().to_vec()),
+        )
+        .await
     }
 
     /// Append layout: the highest seq held (0 when empty).
@@ -443,16 +436,28 @@ impl LmdbStore {
 
     /// Which of these content hashes have no blob.
     pub async fn missing(&self, hashes: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.absent(hashes, |dbs| dbs.events, |h| Cow::Borrowed(h.as_bytes()))
+            .await
+    }
+
+    /// The keys of `keys` that have no value in the database `db` picks, in order.
+    async fn absent<K: Send + 'static>(
+        &self,
+        keys: Vec<K>,
+        db: fn(&Dbs) -> Db,
+        key_bytes: fn(&K) -> Cow<'_, [u8]>,
+    ) -> Result<Vec<K>, StoreError> {
         let this = self.clone();
         run_blocking(move || {
             this.read(|dbs, rtxn| {
-                let mut missing = Vec::new();
-                for h in hashes {
-                    if dbs.events.get(rtxn, h.as_bytes())?.is_none() {
-                        missing.push(h);
+                let db = db(dbs);
+                let mut absent = Vec::new();
+                for key in keys {
+                    if db.get(rtxn, &key_bytes(&key))?.is_none() {
+                        absent.push(key);
                     }
                 }
-                Ok(missing)
+                Ok(absent)
             })
         })
         .await?

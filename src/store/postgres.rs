@@ -712,20 +712,20 @@ impl PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// (content hash, seq) of those content hashes PostgreSQL holds: where an append-layout LMDB
-    /// keeps their blobs.
-    pub async fn seqs_of_hashes(&self, hashes: &[String]) -> Result<Vec<(String, i64)>, PgError> {
+    /// The seqs of those content hashes PostgreSQL holds: where an append-layout LMDB keeps their
+    /// blobs.
+    pub async fn seqs_of_hashes(&self, hashes: &[String]) -> Result<Vec<i64>, PgError> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT content_hash, seq FROM events WHERE content_hash = ANY($1)",
+                "SELECT seq FROM events WHERE content_hash = ANY($1)",
                 &[&hashes],
             )
             .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     /// (seq, envelope) of those seqs: the blobs an append-layout LMDB lacks after a crash between
