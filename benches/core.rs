@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the pure core, with throughput in envelopes (or bytes) per second:
 //! decode+validate, canonicalize+hash, signature verification (single, exact parallel and batch
 //! equations), the batcher. Data: envelopes made by our signer in the nekhebet-core wire format,
-//! ~1.4 KB like ../shared/samples (the bench does not depend on ../shared).
+//! ~1.4 KB like tests/data/envelopes-2000.jsonl (the bench does not read it).
 //!
 //!   cargo bench --bench core
 

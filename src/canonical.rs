@@ -914,7 +914,7 @@ mod tests {
 
     const VECTORS: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/nekhebet-core-4.0.0.jsonl"
+        "/tests/data/nekhebet-core-4.0.0.jsonl"
     ));
 
     // Exact binary values are the point here: the ties only exist at full precision.

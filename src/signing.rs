@@ -335,11 +335,11 @@ mod tests {
 
     const SAMPLES: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/samples/envelopes-2000.jsonl"
+        "/tests/data/envelopes-2000.jsonl"
     ));
     const VECTORS: &str = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/nekhebet-core-4.0.0.jsonl"
+        "/tests/data/nekhebet-core-4.0.0.jsonl"
     ));
 
     fn key() -> SigningKey {

@@ -14,8 +14,8 @@ fn repo_root() -> PathBuf {
 }
 
 fn samples() -> Vec<String> {
-    std::fs::read_to_string(repo_root().join("../shared/samples/envelopes-2000.jsonl"))
-        .expect("../shared/samples is beside the repository")
+    std::fs::read_to_string(repo_root().join("tests/data/envelopes-2000.jsonl"))
+        .expect("tests/data/envelopes-2000.jsonl (scripts/make-test-data)")
         .lines()
         .map(str::to_string)
         .collect()
@@ -114,7 +114,7 @@ async fn importing_the_samples_twice_stores_them_once() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let lmdb = dir.path().join("lmdb");
-    let jsonl = repo_root().join("../shared/samples/envelopes-2000.jsonl");
+    let jsonl = repo_root().join("tests/data/envelopes-2000.jsonl");
     let first = ours(&["import", jsonl.to_str().unwrap()], &db.url, &lmdb);
     let first_out = String::from_utf8_lossy(&first.stdout);
     assert!(

@@ -13,10 +13,10 @@ use nekhebet_store::store::{HybridStore, Item, KafkaPos, LmdbStore, Outcome, PgS
 fn sample_lines() -> Vec<String> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/samples/envelopes-2000.jsonl"
+        "/tests/data/envelopes-2000.jsonl"
     );
     std::fs::read_to_string(path)
-        .expect("../shared/samples is beside the repository")
+        .expect("tests/data/envelopes-2000.jsonl (scripts/make-test-data)")
         .lines()
         .map(str::to_string)
         .collect()

@@ -10,9 +10,10 @@ use base64::Engine;
 fn verify_command_agrees_with_nekhebet_core_on_every_vector() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/nekhebet-core-4.0.0.jsonl"
+        "/tests/data/nekhebet-core-4.0.0.jsonl"
     );
-    let text = std::fs::read_to_string(path).expect("../shared/vectors beside the repository");
+    let text = std::fs::read_to_string(path)
+        .expect("tests/data/nekhebet-core-4.0.0.jsonl (scripts/make-test-data)");
     let mut checked = 0;
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -52,7 +53,7 @@ fn verify_command_agrees_with_nekhebet_core_on_every_vector() {
 fn verify_command_reads_files_in_order_and_summarises() {
     let samples = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/samples/envelopes-2000.jsonl"
+        "/tests/data/envelopes-2000.jsonl"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_nekhebet-store"))
         .args(["verify", "--at", "2026-11-25T17:00:00Z", samples])
