@@ -4,3 +4,4 @@
 pub mod faults;
 pub mod kafka;
 pub mod pg;
+pub mod worker;
