@@ -17,4 +17,5 @@ pub mod produce;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod tlog;
 pub mod verify;
