@@ -18,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::reason::Reason;
 use crate::telemetry::names;
 
 pub const H_REASON: &str = "nekhebet.reason";
@@ -38,8 +39,8 @@ const MAX_DETAIL_BYTES: usize = 2048;
 pub struct DeadLetter {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    /// Stable machine-readable code (`invalid_json`, `bad_signature`, `store_rejected`…).
-    pub reason: String,
+    /// Why it was refused (its stable code goes into the `nekhebet.reason` header).
+    pub reason: Reason,
     pub detail: String,
     pub source_topic: Arc<str>,
     pub source_partition: i32,

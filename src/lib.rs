@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod pipeline;
 pub mod produce;
+pub mod reason;
 pub mod signing;
 pub mod store;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, ConfigError, VerifySettings};
 use crate::envelope::{self, Envelope, Limits, Rejection};
+use crate::reason::Reason;
 use crate::telemetry::names;
 use crate::verify::{Verifier, VerifyConfig};
 
@@ -93,7 +94,7 @@ impl Checker {
                             Some(Err(rejection)) => Err(rejection),
                             // verify_batch returns one verdict per input; this arm cannot run.
                             None => Err(Rejection::new(
-                                crate::envelope::reason::STRUCTURE_INVALID,
+                                Reason::StructureInvalid,
                                 "no verification verdict",
                             )),
                         }

@@ -327,7 +327,7 @@ pub fn check_spec(spec: &EnvelopeSpec, extras: &HeaderExtras) -> Result<(), Spec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{decode, reason, validate, Limits};
+    use crate::envelope::{decode, validate, Limits, Reason};
     use crate::verify::{Verifier, VerifyConfig};
     use bytes::Bytes;
     use chrono::TimeZone;
@@ -385,19 +385,19 @@ mod tests {
         let flipped = text.replace(&sig_b64, &envelope::encode_base64(&sig));
         assert_eq!(
             v.verify(&dec(flipped.as_bytes()), at).unwrap_err().reason,
-            reason::SIGNATURE_INVALID
+            Reason::SignatureInvalid
         );
         // One byte of the payload.
         let tampered = text.replace("\"seq\":1", "\"seq\":2");
         assert_eq!(
             v.verify(&dec(tampered.as_bytes()), at).unwrap_err().reason,
-            reason::HASH_MISMATCH
+            Reason::HashMismatch
         );
         // One byte of the header.
         let tampered = text.replace("node-7", "node-8");
         assert_eq!(
             v.verify(&dec(tampered.as_bytes()), at).unwrap_err().reason,
-            reason::SIGNATURE_INVALID
+            Reason::SignatureInvalid
         );
         // Wire-form-only changes keep the signature and hash valid.
         let reformatted = text.replace("\"reading\":1e16", "\"reading\":10000000000000000.0");
@@ -538,6 +538,6 @@ mod tests {
         let mut s = spec();
         s.nonce = Some("XYZ".into());
         let env = dec(&sign(&s, &key()));
-        assert_eq!(validate(&env).unwrap_err().reason(), reason::INVALID_NONCE);
+        assert_eq!(validate(&env).unwrap_err().reason(), Reason::InvalidNonce);
     }
 }

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 
 use crate::canonical::{self, Json};
 use crate::envelope::{
-    self, reason, Envelope, Limits, Rejection, ALGORITHM, CANONICALIZATION, MAX_PAYLOAD_DEPTH,
+    self, Envelope, Limits, Reason, Rejection, ALGORITHM, CANONICALIZATION, MAX_PAYLOAD_DEPTH,
     VERSION,
 };
 
@@ -87,7 +87,7 @@ pub struct Verifier {
 /// An envelope that passed steps 1-5: its canonical header and the outcome of 7-8.
 type Staged = (Vec<u8>, Result<(), Rejection>);
 
-fn reject(reason: &'static str, detail: impl Into<String>) -> Rejection {
+fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
     Rejection::new(reason, detail)
 }
 
@@ -184,7 +184,7 @@ impl Verifier {
         let h = &env.header;
         if !self.event_types.contains(&h.event_type) {
             return Err(reject(
-                reason::EVENT_TYPE_INVALID,
+                Reason::EventTypeInvalid,
                 format!(
                     "header.type {:?} is not a registered event type",
                     clip(&h.event_type)
@@ -198,7 +198,7 @@ impl Verifier {
         ] {
             if got != want {
                 return Err(reject(
-                    reason::UNSUPPORTED_VERSION,
+                    Reason::UnsupportedVersion,
                     format!(
                         "header.{field} {:?} is not supported (only {want:?})",
                         clip(got)
@@ -212,7 +212,7 @@ impl Verifier {
         // Step 4, interleaved exactly as nekhebet-core does it.
         let issued = envelope::parse_timestamp(&h.issued_at).ok_or_else(|| {
             reject(
-                reason::STRUCTURE_INVALID,
+                Reason::StructureInvalid,
                 format!(
                     "header.issued_at {:?} is not ISO-8601 UTC with Z",
                     clip(&h.issued_at)
@@ -221,7 +221,7 @@ impl Verifier {
         })?;
         if issued > now + self.clock_skew {
             return Err(reject(
-                reason::TIMESTAMP_FUTURE,
+                Reason::TimestampFuture,
                 format!(
                     "header.issued_at {} is more than {}s after {}",
                     h.issued_at,
@@ -235,7 +235,7 @@ impl Verifier {
         if let Some(exp) = h.expires_at.as_deref().filter(|s| !s.is_empty()) {
             let expires = envelope::parse_timestamp(exp).ok_or_else(|| {
                 reject(
-                    reason::STRUCTURE_INVALID,
+                    Reason::StructureInvalid,
                     format!(
                         "header.expires_at {:?} is not ISO-8601 UTC with Z",
                         clip(exp)
@@ -244,13 +244,13 @@ impl Verifier {
             })?;
             if expires < issued {
                 return Err(reject(
-                    reason::STRUCTURE_INVALID,
+                    Reason::StructureInvalid,
                     "header.expires_at is earlier than header.issued_at",
                 ));
             }
             if expires < now {
                 return Err(reject(
-                    reason::EXPIRED,
+                    Reason::Expired,
                     format!(
                         "header.expires_at {exp} is before {}",
                         now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -265,7 +265,7 @@ impl Verifier {
                 .is_some_and(|ks| ks.contains(&env.public_key));
             if !registered {
                 return Err(reject(
-                    reason::KEY_ID_MISMATCH,
+                    Reason::KeyIdMismatch,
                     format!(
                         "signature.public_key {} is not registered for header.key_id {:?}",
                         envelope::encode_base64(&env.public_key),
@@ -277,7 +277,7 @@ impl Verifier {
 
         canonical::canonical_header(h).map_err(|e| {
             reject(
-                reason::STRUCTURE_INVALID,
+                Reason::StructureInvalid,
                 format!("header cannot be canonicalized: {e}"),
             )
         })
@@ -290,7 +290,7 @@ fn clip(s: &str) -> String {
 
 fn signature_rejection() -> Rejection {
     reject(
-        reason::SIGNATURE_INVALID,
+        Reason::SignatureInvalid,
         "signature.signature is not a valid Ed25519 signature of the canonical header by signature.public_key",
     )
 }
@@ -298,10 +298,10 @@ fn signature_rejection() -> Rejection {
 /// Steps 7-8: payload size estimate and hash.
 fn after_signature(env: &Envelope) -> Result<(), Rejection> {
     let tree = canonical::parse(env.payload.get())
-        .map_err(|e| reject(reason::STRUCTURE_INVALID, format!("payload: {e}")))?;
+        .map_err(|e| reject(Reason::StructureInvalid, format!("payload: {e}")))?;
     let estimated = estimate_payload_size(&tree).map_err(|depth| {
         reject(
-            reason::PAYLOAD_TOO_LARGE,
+            Reason::PayloadTooLarge,
             format!(
                 "payload nests values {depth} levels deep, over the limit of {MAX_PAYLOAD_DEPTH}"
             ),
@@ -309,7 +309,7 @@ fn after_signature(env: &Envelope) -> Result<(), Rejection> {
     })?;
     if estimated > MAX_ABSOLUTE_PAYLOAD_SIZE {
         return Err(reject(
-            reason::PAYLOAD_TOO_LARGE,
+            Reason::PayloadTooLarge,
             format!(
                 "payload's estimated size {estimated} bytes is over {MAX_ABSOLUTE_PAYLOAD_SIZE}"
             ),
@@ -317,14 +317,14 @@ fn after_signature(env: &Envelope) -> Result<(), Rejection> {
     }
     let canonical = canonical::canonical_object_bytes(&tree).map_err(|e| {
         reject(
-            reason::STRUCTURE_INVALID,
+            Reason::StructureInvalid,
             format!("payload cannot be canonicalized: {e}"),
         )
     })?;
     let hash = canonical::sha256_hex(&canonical);
     if hash != env.header.payload_hash {
         return Err(reject(
-            reason::HASH_MISMATCH,
+            Reason::HashMismatch,
             format!(
                 "SHA-256 of the canonical payload is {hash}, header.payload_hash is {}",
                 clip(&env.header.payload_hash)
@@ -461,7 +461,7 @@ pub struct Summary {
     /// Lines nekhebet-core's `from_json_bytes` would refuse (or over the size limit).
     pub undecodable: u64,
     /// Failures by reason code: verification categories and decode reasons.
-    pub by_reason: BTreeMap<&'static str, u64>,
+    pub by_reason: BTreeMap<Reason, u64>,
 }
 
 /// Reads one `\n`-terminated line (terminator dropped) into `buf`, keeping at most
@@ -559,7 +559,7 @@ pub fn verify_lines(
                             summary.invalid += 1;
                             *summary.by_reason.entry(r.reason).or_default() += 1;
                             buf.extend_from_slice(b"\"invalid\",\"category\":");
-                            canonical::write_json_string(r.reason, &mut buf);
+                            canonical::write_json_string(r.reason.as_str(), &mut buf);
                         }
                     }
                     buf.extend_from_slice(b",\"id\":");
@@ -668,7 +668,7 @@ mod tests {
                     }
                     match r {
                         Ok(()) => ("valid".to_owned(), None),
-                        Err(r) => ("invalid".to_owned(), Some(r.reason.to_owned())),
+                        Err(r) => ("invalid".to_owned(), Some(r.reason.as_str().to_owned())),
                     }
                 }
             };
@@ -726,7 +726,7 @@ mod tests {
         let out = v.verify_batch(&refs, at);
         for (i, r) in out.iter().enumerate() {
             let want = match i {
-                3 | 150 | 151 | 299 | 7 => Some(reason::SIGNATURE_INVALID),
+                3 | 150 | 151 | 299 | 7 => Some(Reason::SignatureInvalid),
                 _ => None,
             };
             assert_eq!(r.as_ref().err().map(|r| r.reason), want, "{i}");
@@ -746,7 +746,7 @@ mod tests {
         let v = verifier();
         assert_eq!(
             v.verify(&bad, at).unwrap_err().reason,
-            reason::SIGNATURE_INVALID
+            Reason::SignatureInvalid
         );
         let exact = verifier().exact_batches(true);
         let honest: Vec<Envelope> = SAMPLES
@@ -768,7 +768,7 @@ mod tests {
             let r = exact.verify_batch(&refs, later);
             assert_eq!(
                 r[k % 15].as_ref().unwrap_err().reason,
-                reason::SIGNATURE_INVALID
+                Reason::SignatureInvalid
             );
             assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 15);
         }
@@ -797,11 +797,11 @@ mod tests {
         );
         assert_eq!(
             with(HashMap::from([(kid, vec![[9; 32]])])),
-            Err(reason::KEY_ID_MISMATCH)
+            Err(Reason::KeyIdMismatch)
         );
         assert_eq!(
             with(HashMap::from([("other".to_owned(), vec![env.public_key])])),
-            Err(reason::KEY_ID_MISMATCH)
+            Err(Reason::KeyIdMismatch)
         );
     }
 
@@ -822,13 +822,13 @@ mod tests {
             v.verify(&env, t - skew - Duration::nanoseconds(1))
                 .unwrap_err()
                 .reason,
-            reason::TIMESTAMP_FUTURE
+            Reason::TimestampFuture
         );
         assert_eq!(
             v.verify(&env, t - skew - Duration::microseconds(1))
                 .unwrap_err()
                 .reason,
-            reason::TIMESTAMP_FUTURE
+            Reason::TimestampFuture
         );
     }
 
@@ -853,13 +853,13 @@ mod tests {
             e.signature[0] ^= 1;
             e.header.payload_hash = "f".repeat(64);
         };
-        assert_eq!(cat(&all_bad), Some(reason::EVENT_TYPE_INVALID));
+        assert_eq!(cat(&all_bad), Some(Reason::EventTypeInvalid));
         assert_eq!(
             cat(&|e| {
                 all_bad(e);
                 e.header.event_type = "seth.caught".into();
             }),
-            Some(reason::UNSUPPORTED_VERSION)
+            Some(Reason::UnsupportedVersion)
         );
         assert_eq!(
             cat(&|e| {
@@ -867,7 +867,7 @@ mod tests {
                 e.header.event_type = "seth.caught".into();
                 e.header.version = "4.0.0".into();
             }),
-            Some(reason::STRUCTURE_INVALID)
+            Some(Reason::StructureInvalid)
         );
         // Future issue time beats a malformed expires_at, as in nekhebet-core.
         assert_eq!(
@@ -875,32 +875,32 @@ mod tests {
                 e.header.issued_at = "2999-01-01T00:00:00Z".into();
                 e.header.expires_at = Some("garbage".into());
             }),
-            Some(reason::TIMESTAMP_FUTURE)
+            Some(Reason::TimestampFuture)
         );
         assert_eq!(
             cat(&|e| e.header.expires_at = Some("2000-01-01T00:00:00Z".into())),
-            Some(reason::STRUCTURE_INVALID)
+            Some(Reason::StructureInvalid)
         );
         assert_eq!(
             cat(&|e| e.header.expires_at = Some(e.header.issued_at.clone())),
-            Some(reason::SIGNATURE_INVALID)
+            Some(Reason::SignatureInvalid)
         );
         // The store-only rules are structure_invalid at step 3.
         assert_eq!(
             cat(&|e| e.header.key_id = "a b".into()),
-            Some(reason::STRUCTURE_INVALID)
+            Some(Reason::StructureInvalid)
         );
         assert_eq!(
             cat(&|e| e.header.id_raw = e.header.id_raw.to_uppercase()),
-            Some(reason::STRUCTURE_INVALID)
+            Some(Reason::StructureInvalid)
         );
         assert_eq!(
             cat(&|e| e.header.expires_at = Some(String::new())),
-            Some(reason::STRUCTURE_INVALID)
+            Some(Reason::StructureInvalid)
         );
         assert_eq!(
             cat(&|e| e.signature_len = 63),
-            Some(reason::STRUCTURE_INVALID)
+            Some(Reason::StructureInvalid)
         );
         // A bad signature beats a bad payload.
         assert_eq!(
@@ -908,12 +908,12 @@ mod tests {
                 e.signature[0] ^= 1;
                 e.payload = serde_json::value::RawValue::from_string("{\"a\":1}".into()).unwrap();
             }),
-            Some(reason::SIGNATURE_INVALID)
+            Some(Reason::SignatureInvalid)
         );
         assert_eq!(
             cat(&|e| e.payload =
                 serde_json::value::RawValue::from_string("{\"a\":1}".into()).unwrap()),
-            Some(reason::HASH_MISMATCH)
+            Some(Reason::HashMismatch)
         );
     }
 
@@ -962,7 +962,7 @@ mod tests {
         let env = dec(&wire).unwrap();
         validate(&env).unwrap();
         let r = verifier().verify(&env, Utc::now()).unwrap_err();
-        assert_eq!(r.reason, reason::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.reason, Reason::PayloadTooLarge);
     }
 
     #[test]
@@ -1013,7 +1013,7 @@ mod tests {
         let mut out = Vec::new();
         let s = verify_lines(input.as_bytes(), &mut out, at, &verifier(), &limits).unwrap();
         assert_eq!((s.lines, s.valid, s.undecodable), (4, 2, 2));
-        assert_eq!(s.by_reason.get(reason::MESSAGE_TOO_LARGE), Some(&2));
+        assert_eq!(s.by_reason.get(&Reason::MessageTooLarge), Some(&2));
         let mut buf = Vec::new();
         let mut r = std::io::BufReader::with_capacity(7, "abcdefghij\nxy".as_bytes());
         assert_eq!(read_line_bounded(&mut r, 3, &mut buf).unwrap(), Some(10));
@@ -1040,6 +1040,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.lines, s.valid, s.undecodable), (3, 2, 1));
-        assert_eq!(s.by_reason.get(reason::EMPTY_MESSAGE), Some(&1));
+        assert_eq!(s.by_reason.get(&Reason::EmptyMessage), Some(&1));
     }
 }

@@ -15,8 +15,9 @@ use bytes::Bytes;
 use common::kafka as k;
 use common::pg::TestDb;
 use ed25519_dalek::SigningKey;
-use nekhebet_store::envelope::{reason, Limits};
+use nekhebet_store::envelope::Limits;
 use nekhebet_store::ingest::{self, IngestOptions};
+use nekhebet_store::reason::Reason;
 use nekhebet_store::signing::{sign, sign_with_extras, EnvelopeSpec, HeaderExtras};
 use nekhebet_store::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -30,12 +31,12 @@ use tokio_util::sync::CancellationToken;
 enum Expect {
     /// Dead-lettered with this reason; `dropped`: the DLQ cannot take the value, so the letter
     /// carries `nekhebet.value.dropped_bytes` and no value.
-    Reject { reason: &'static str, dropped: bool },
+    Reject { reason: Reason, dropped: bool },
     /// Stored (a valid envelope, however odd).
     Stored,
 }
 
-fn reject(reason: &'static str) -> Expect {
+fn reject(reason: Reason) -> Expect {
     Expect::Reject {
         reason,
         dropped: false,
@@ -48,11 +49,6 @@ struct Case {
     value: Option<Vec<u8>>,
     expect: Expect,
 }
-
-/// Reason of a message without a value (a tombstone), set by the ingest loop.
-const NULL_VALUE: &str = "null_value";
-/// Reason of a message the database itself refuses (isolated from its batch).
-const STORE_REJECTED: &str = "store_rejected";
 
 /// 10 MB: ten times Kafka's default message limit, five times the worker's.
 const HUGE: usize = 10 * 1024 * 1024;
@@ -135,8 +131,8 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
 
     // Bytes and syntax.
-    add("empty value", Some(vec![]), reject(reason::EMPTY_MESSAGE));
-    add("null value (tombstone)", None, reject(NULL_VALUE));
+    add("empty value", Some(vec![]), reject(Reason::EmptyMessage));
+    add("null value (tombstone)", None, reject(Reason::NullValue));
     add(
         "invalid UTF-8 (0xFF in a payload string)",
         Some(
@@ -145,7 +141,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
                 .map(|b| if b == 1 { 0xff } else { b })
                 .collect(),
         ),
-        reject(reason::INVALID_UTF8),
+        reject(Reason::InvalidUtf8),
     );
     add(
         "invalid UTF-8 (overlong NUL in an unknown field)",
@@ -159,17 +155,17 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
                 })
                 .collect(),
         ),
-        reject(reason::INVALID_UTF8),
+        reject(Reason::InvalidUtf8),
     );
     add(
         "truncated JSON (first half)",
         Some(w[..w.len() / 2].to_vec()),
-        reject(reason::TRUNCATED_JSON),
+        reject(Reason::TruncatedJson),
     );
     add(
         "truncated JSON (last byte missing)",
         Some(w[..w.len() - 1].to_vec()),
-        reject(reason::TRUNCATED_JSON),
+        reject(Reason::TruncatedJson),
     );
     let mut huge = w.clone();
     huge.resize(HUGE, b' ');
@@ -177,14 +173,14 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         "10 MB value (envelope + spaces)",
         Some(huge),
         Expect::Reject {
-            reason: reason::MESSAGE_TOO_LARGE,
+            reason: Reason::MessageTooLarge,
             dropped: true,
         },
     );
     add(
         "nesting depth 10,000 in the payload",
         Some(sub(&w, "\"template\"", &deep)),
-        reject(reason::TOO_DEEP),
+        reject(Reason::TooDeep),
     );
     add(
         "nesting depth 10,000 in header.context",
@@ -193,18 +189,18 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
             "\"context\":null",
             &format!("\"context\":{{\"x\":{deep}}}"),
         )),
-        reject(reason::TOO_DEEP),
+        reject(Reason::TooDeep),
     );
     add(
         "nesting depth 10,000 at top level",
         Some(deep.clone().into_bytes()),
-        reject(reason::TOO_DEEP),
+        reject(Reason::TooDeep),
     );
     for (lit, why) in [
-        ("NaN", reason::MALFORMED_JSON),
-        ("Infinity", reason::MALFORMED_JSON),
-        ("-Infinity", reason::MALFORMED_JSON),
-        ("1e999", reason::NUMBER_OUT_OF_RANGE),
+        ("NaN", Reason::MalformedJson),
+        ("Infinity", Reason::MalformedJson),
+        ("-Infinity", Reason::MalformedJson),
+        ("1e999", Reason::NumberOutOfRange),
     ] {
         add(
             &format!("{lit} in the payload"),
@@ -233,12 +229,12 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
     add(
         "duplicate key in the payload",
         Some(sub(&w, "\"note\":", "\"note\":1,\"note\":")),
-        reject(reason::DUPLICATE_KEY),
+        reject(Reason::DuplicateKey),
     );
     add(
         "duplicate key in the header (source)",
         Some(sub(&w, "\"source\":", "\"source\":\"evil\",\"source\":")),
-        reject(reason::DUPLICATE_KEY),
+        reject(Reason::DuplicateKey),
     );
     add(
         "duplicate key, escaped (sourc\\u0065)",
@@ -247,57 +243,57 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
             "\"source\":",
             "\"sourc\\u0065\":\"evil\",\"source\":",
         )),
-        reject(reason::DUPLICATE_KEY),
+        reject(Reason::DuplicateKey),
     );
     add(
         "duplicate top-level key (payload)",
         Some(sub(&w, "{\"header\"", "{\"payload\":{},\"header\"")),
-        reject(reason::DUPLICATE_KEY),
+        reject(Reason::DuplicateKey),
     );
     add(
         "UTF-8 BOM before the envelope",
         Some([b"\xef\xbb\xbf".as_slice(), &w].concat()),
-        reject(reason::MALFORMED_JSON),
+        reject(Reason::MalformedJson),
     );
     add(
         "trailing garbage",
         Some([w.as_slice(), b"garbage"].concat()),
-        reject(reason::MALFORMED_JSON),
+        reject(Reason::MalformedJson),
     );
     add(
         "two envelopes back to back",
         Some([w.as_slice(), &w].concat()),
-        reject(reason::MALFORMED_JSON),
+        reject(Reason::MalformedJson),
     );
     add(
         "trailing NUL byte",
         Some([w.as_slice(), b"\0"].concat()),
-        reject(reason::MALFORMED_JSON),
+        reject(Reason::MalformedJson),
     );
     add(
         "raw NUL byte inside a string",
         Some(sub(&w, "\"template\"", "\"temp\u{0}late\"")),
-        reject(reason::MALFORMED_JSON),
+        reject(Reason::MalformedJson),
     );
     add(
         "leading NUL bytes",
         Some([b"\0\0\0\0".as_slice(), &w].concat()),
-        reject(reason::MALFORMED_JSON),
+        reject(Reason::MalformedJson),
     );
     add(
         "valid envelope inside a JSON string",
         Some(serde_json::to_vec(&text(&w)).unwrap()),
-        reject(reason::NOT_AN_OBJECT),
+        reject(Reason::NotAnObject),
     );
     add(
         "valid envelope inside an array",
         Some([b"[".as_slice(), &w, b"]"].concat()),
-        reject(reason::NOT_AN_OBJECT),
+        reject(Reason::NotAnObject),
     );
     add(
         "JSON null",
         Some(b"null".to_vec()),
-        reject(reason::NOT_AN_OBJECT),
+        reject(Reason::NotAnObject),
     );
 
     // Wrong JSON type, one message per field.
@@ -321,13 +317,13 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         add(
             &format!("wrong type: header.{field} = {v}"),
             Some(edit(&w, |e| e["header"][field] = v)),
-            reject(reason::WRONG_TYPE),
+            reject(Reason::WrongType),
         );
     }
     add(
         "wrong type: header.version = null",
         Some(edit(&w, |e| e["header"]["version"] = Value::Null)),
-        reject(reason::WRONG_TYPE),
+        reject(Reason::WrongType),
     );
     for (path, v) in [
         ("signature.signature", json!(7)),
@@ -337,7 +333,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         add(
             &format!("wrong type: {path} = {v}"),
             Some(edit(&w, |e| e[a][b] = v)),
-            reject(reason::WRONG_TYPE),
+            reject(Reason::WrongType),
         );
     }
     for (field, v) in [
@@ -348,7 +344,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         add(
             &format!("wrong type: {field} = {v}"),
             Some(edit(&w, |e| e[field] = v)),
-            reject(reason::WRONG_TYPE),
+            reject(Reason::WrongType),
         );
     }
 
@@ -356,11 +352,11 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
     let long = "a".repeat(LONG);
     for field in HEADER_FIELDS {
         let why = match field {
-            "type" => reason::EVENT_TYPE_INVALID,
-            "version" => reason::UNSUPPORTED_VERSION,
-            "algorithm" | "canonicalization" => reason::INVALID_ENUM,
-            "context" | "extensions" => reason::WRONG_TYPE,
-            _ => reason::STRUCTURE_INVALID,
+            "type" => Reason::EventTypeInvalid,
+            "version" => Reason::UnsupportedVersion,
+            "algorithm" | "canonicalization" => Reason::InvalidEnum,
+            "context" | "extensions" => Reason::WrongType,
+            _ => Reason::StructureInvalid,
         };
         add(
             &format!("oversized string: header.{field} ({LONG} chars)"),
@@ -374,7 +370,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         add(
             &format!("oversized string: signature.{field} ({LONG} chars)"),
             Some(edit(&w, |e| e["signature"][field] = json!(long_b64))),
-            reject(reason::STRUCTURE_INVALID),
+            reject(Reason::StructureInvalid),
         );
     }
     // Genuinely signed, so the size is the only fault: nekhebet-core's 1 MiB payload limit. The
@@ -385,7 +381,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         "genuine envelope, 1.5 MB payload (over 1 MiB)",
         Some(sign(&spec, &s.key)),
         Expect::Reject {
-            reason: reason::PAYLOAD_TOO_LARGE,
+            reason: Reason::PayloadTooLarge,
             dropped: true,
         },
     );
@@ -417,7 +413,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
     add(
         "genuine envelope, escaped NUL (\\u0000) in header.source",
         Some(sign(&spec, &s.key)),
-        reject(STORE_REJECTED),
+        reject(Reason::StoreRejected),
     );
     cases
 }
@@ -504,7 +500,7 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
     send(
         "forged envelope (wrong signature), nonce N".into(),
         Some(forged),
-        reject(reason::SIGNATURE_INVALID),
+        reject(Reason::SignatureInvalid),
     );
     send(
         "genuine envelope, same key_id and nonce N".into(),
@@ -683,7 +679,12 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
     // The report agrees, reason by reason; nothing was abandoned, replayed or retried away.
     assert_eq!(report.consumed, published.len() as u64, "{report:#?}");
     assert_eq!(report.stored, stored_wires.len() as u64, "{report:#?}");
-    assert_eq!(report.rejected_by_reason, expected_counts, "{report:#?}");
+    let by_code: BTreeMap<String, u64> = report
+        .rejected_by_reason
+        .iter()
+        .map(|(r, n)| (r.as_str().to_string(), *n))
+        .collect();
+    assert_eq!(by_code, expected_counts, "{report:#?}");
     assert_eq!(
         report.replay + report.duplicate + report.redelivered + report.abandoned,
         0,

@@ -260,7 +260,9 @@ async fn a_message_the_database_refuses_is_isolated_and_dead_lettered_the_rest_s
     assert_eq!(report.consumed, 60, "{report:#?}");
     assert_eq!(report.stored, 59, "{report:#?}");
     assert_eq!(
-        report.rejected_by_reason.get("store_rejected"),
+        report
+            .rejected_by_reason
+            .get(&nekhebet_store::reason::Reason::StoreRejected),
         Some(&1),
         "{report:#?}"
     );

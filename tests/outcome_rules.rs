@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::kafka as k;
 use common::pg::TestDb;
-use common::worker::{cli_on, ingest_until_caught_up, nonce, publish, summary_count, Producer};
+use common::worker::{
+    cli_on, ingest_until_caught_up, nonce, publish, rejected, summary_count, Producer,
+};
 use nekhebet_store::config::Config;
 use nekhebet_store::envelope::{self, Limits};
 use nekhebet_store::store::{Item, KafkaPos, Outcome};
@@ -183,11 +185,7 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
         (2, 2, 0, 0),
         "{report:#?}"
     );
-    assert_eq!(
-        report.rejected_by_reason.get("id_conflict"),
-        Some(&2),
-        "{report:#?}"
-    );
+    assert_eq!(rejected(&report, "id_conflict"), 2, "{report:#?}");
     let dlq = dead_letters(&s.topic);
     assert_eq!(dlq.len(), 2);
     assert_eq!(dlq[&positions[0]], ("id_conflict".into(), p.sign(&b)));
@@ -346,7 +344,7 @@ async fn an_impostor_cannot_burn_a_producers_next_nonce_without_a_key_registry()
         (2, 2, 0),
         "{report:#?}"
     );
-    assert_eq!(report.rejected_by_reason.get("key_id_mismatch"), Some(&2));
+    assert_eq!(rejected(&report, "key_id_mismatch"), 2, "{report:#?}");
     let dlq = dead_letters(&s.topic);
     assert_eq!(dlq[&positions[0]], ("key_id_mismatch".into(), fresh));
     assert_eq!(dlq[&positions[1]], ("key_id_mismatch".into(), stolen));

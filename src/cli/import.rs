@@ -27,7 +27,7 @@ pub struct ImportArgs {
 #[derive(Debug, Default)]
 pub struct ImportSummary {
     pub outcomes: BTreeMap<Outcome, u64>,
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<crate::reason::Reason, u64>,
     pub lines: u64,
 }
 
@@ -162,7 +162,7 @@ pub async fn import(
                         );
                         *summary
                             .rejected
-                            .entry(crate::store::STORE_REJECTED)
+                            .entry(crate::reason::Reason::StoreRejected)
                             .or_default() += 1;
                     }
                 }

@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, BatchLimits, LaneBatcher, Push};
 use crate::config::{Config, StoreMode};
 use crate::dlq::DlqSink;
+use crate::envelope::Rejection;
 use crate::pipeline::Checker;
+use crate::reason::Reason;
 use crate::store::{Outcome, Store};
 use crate::telemetry::names;
 
@@ -70,7 +72,7 @@ pub struct IngestReport {
     pub redelivered: u64,
     pub replay: u64,
     pub rejected: u64,
-    pub rejected_by_reason: BTreeMap<String, u64>,
+    pub rejected_by_reason: BTreeMap<Reason, u64>,
     /// Messages left uncommitted, without an outcome here: their partition was revoked (or the
     /// shutdown deadline passed) first. They are read again by the partition's next owner.
     pub abandoned: u64,
@@ -127,7 +129,7 @@ impl IngestReport {
                 "replay": self.replay,
                 "rejected": self.rejected,
             },
-            "rejected_by_reason": self.rejected_by_reason,
+            "rejected_by_reason": self.rejected_by_reason.iter().map(|(r, n)| (r.as_str(), *n)).collect::<BTreeMap<_, _>>(),
             "abandoned": self.abandoned,
             "dlq_published": self.dlq_published,
             "batches_committed": self.batches_committed,
@@ -150,7 +152,7 @@ impl IngestReport {
         self.replay += o.replay;
         self.rejected += o.rejected;
         for (k, v) in &o.rejected_by_reason {
-            *self.rejected_by_reason.entry(k.clone()).or_default() += v;
+            *self.rejected_by_reason.entry(*k).or_default() += v;
         }
         self.abandoned += o.abandoned;
         self.dlq_published += o.dlq_published;
@@ -413,16 +415,16 @@ fn check_all(checker: &Checker, records: &[Record]) -> Vec<Verdict> {
         rs.iter()
             .map(|r| match r.value {
                 // A tombstone carries nothing to decode.
-                None => Err((
-                    "null_value".to_string(),
-                    "Kafka message without a value (tombstone)".to_string(),
+                None => Err(Rejection::new(
+                    Reason::NullValue,
+                    "Kafka message without a value (tombstone)",
                 )),
                 Some(_) => match checked.next() {
                     Some(Ok(env)) => Ok(env),
-                    Some(Err(rej)) => Err((rej.reason.to_string(), rej.detail)),
-                    None => Err((
-                        "internal_error".to_string(),
-                        "no verdict for this message".to_string(),
+                    Some(Err(rej)) => Err(rej),
+                    None => Err(Rejection::new(
+                        Reason::InternalError,
+                        "no verdict for this message",
                     )),
                 },
             })
@@ -433,7 +435,7 @@ fn check_all(checker: &Checker, records: &[Record]) -> Vec<Verdict> {
         Err(_) => records
             .iter()
             .map(|r| match catch_unwind(AssertUnwindSafe(|| run(std::slice::from_ref(r)))) {
-                Ok(mut v) => v.pop().unwrap_or_else(|| Err(("internal_error".into(), "no verdict".into()))),
+                Ok(mut v) => v.pop().unwrap_or_else(|| Err(Rejection::new(Reason::InternalError, "no verdict"))),
                 Err(p) => {
                     let what = p
                         .downcast_ref::<&str>()
@@ -441,7 +443,7 @@ fn check_all(checker: &Checker, records: &[Record]) -> Vec<Verdict> {
                         .or_else(|| p.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     tracing::error!(partition = %r.tp, offset = r.offset, panic = %what, "message check panicked; rejecting the message");
-                    Err(("internal_error".to_string(), format!("message check panicked: {what}")))
+                    Err(Rejection::new(Reason::InternalError, format!("message check panicked: {what}")))
                 }
             })
             .collect(),

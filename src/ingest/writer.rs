@@ -37,20 +37,18 @@ use super::consumer::{IngestConsumer, PauseFlags, Record, Tp};
 use super::progress::mask;
 use super::IngestReport;
 use crate::dlq::{DeadLetter, DlqSink};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Rejection};
+use crate::reason::Reason;
 use crate::store::postgres::ErrorClass;
 use crate::store::{Item, KafkaPos, LmdbError, Outcome, PgPhase, Store, StoreError};
 use crate::telemetry::names;
-
-/// Reason code of a message the database refused on its own (isolated by splitting the batch).
-pub const STORE_REJECTED: &str = "store_rejected";
 
 /// Partition → assignment epoch, for the partitions this worker currently owns. Shared by the
 /// main loop (which changes it on rebalance) and the writer (which commits only what it owns).
 pub type Owned = Arc<Mutex<HashMap<Tp, u64>>>;
 
-/// A checked message: the envelope, or why it is rejected (reason code, detail).
-pub type Verdict = Result<Envelope, (String, String)>;
+/// A checked message: the envelope, or why it is rejected.
+pub type Verdict = Result<Envelope, Rejection>;
 
 /// A batch after decoding and checking, ready to write.
 pub struct Prepared {
@@ -84,7 +82,7 @@ pub enum WriteError {
 enum Fate {
     Pending,
     Done(Outcome),
-    Rejected(String),
+    Rejected(Reason),
     /// The partition was revoked (or the batch abandoned) before this message was finished: no
     /// outcome here, uncommitted; the partition's next owner reads it again.
     Abandoned,
@@ -381,9 +379,9 @@ impl Writer {
                 }
                 Fate::Rejected(reason) => {
                     report.rejected += 1;
-                    *report.rejected_by_reason.entry(reason.clone()).or_default() += 1;
+                    *report.rejected_by_reason.entry(*reason).or_default() += 1;
                     metrics::counter!(names::ENVELOPES, "outcome" => "rejected").increment(1);
-                    metrics::counter!(names::REJECTED, "reason" => reason.clone()).increment(1);
+                    metrics::counter!(names::REJECTED, "reason" => reason.as_str()).increment(1);
                 }
                 Fate::Abandoned => {
                     report.abandoned += 1;
@@ -522,7 +520,7 @@ impl Saver {
                         }),
                     });
                 }
-                Err((reason, detail)) => letters.push((i, letter(r, reason, detail))),
+                Err(rejection) => letters.push((i, letter(r, rejection))),
             }
         }
 
@@ -611,7 +609,7 @@ impl Saver {
                     let i = chunk.idx[0];
                     let r = &staged.records[i];
                     tracing::warn!(partition = %r.tp, offset = r.offset, error = %e, "the database refuses this message; dead-lettering it");
-                    let l = letter(r, STORE_REJECTED.to_string(), e.to_string());
+                    let l = letter(r, Rejection::new(Reason::StoreRejected, e.to_string()));
                     self.dead_letter(
                         &staged.records,
                         &mut staged.fates,
@@ -763,12 +761,12 @@ fn may_start(busy: &[&HashSet<Tp>], partitions: &HashSet<Tp>, concurrency: usize
     busy.len() < concurrency && busy.iter().all(|b| b.is_disjoint(partitions))
 }
 
-fn letter(r: &Record, reason: String, detail: String) -> DeadLetter {
+fn letter(r: &Record, rejection: Rejection) -> DeadLetter {
     DeadLetter {
         key: r.key.clone(),
         value: r.value.clone(),
-        reason,
-        detail,
+        reason: rejection.reason,
+        detail: rejection.detail,
         source_topic: r.tp.topic.clone(),
         source_partition: r.tp.partition,
         source_offset: r.offset,

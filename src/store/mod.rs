@@ -21,9 +21,6 @@ pub use hybrid::{HybridStore, PgPhase};
 pub use lmdb::{LmdbError, LmdbStore};
 pub use postgres::{ErrorClass, PgError, PgStore};
 
-/// Rejection reason for a message the database itself refused (isolated from its batch).
-pub const STORE_REJECTED: &str = "store_rejected";
-
 /// Where a message came from, when it came from Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KafkaPos {

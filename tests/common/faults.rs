@@ -399,14 +399,15 @@ pub fn assert_committed_equals_end(group: &str, topic: &str) {
 /// The reason code a poison kind is dead-lettered with (`verify`: the verification stage is on,
 /// and reports a bad nonce in nekhebet-core's category, see docs/reasons.md).
 pub fn poison_reason(p: Poison, verify: bool) -> &'static str {
-    use nekhebet_store::envelope::reason;
-    match p {
-        Poison::TruncatedJson => reason::TRUNCATED_JSON,
-        Poison::BadNonce if verify => reason::STRUCTURE_INVALID,
-        Poison::BadNonce => reason::INVALID_NONCE,
-        Poison::NotJson => reason::MALFORMED_JSON,
-        Poison::EmptyValue => reason::EMPTY_MESSAGE,
-    }
+    use nekhebet_store::reason::Reason;
+    let reason = match p {
+        Poison::TruncatedJson => Reason::TruncatedJson,
+        Poison::BadNonce if verify => Reason::StructureInvalid,
+        Poison::BadNonce => Reason::InvalidNonce,
+        Poison::NotJson => Reason::MalformedJson,
+        Poison::EmptyValue => Reason::EmptyMessage,
+    };
+    reason.as_str()
 }
 
 /// The DLQ of `topic` holds the poison set exactly: the SET of source (partition, offset) equals

@@ -100,6 +100,16 @@ pub fn summary_count(stdout: &str, row: &str) -> Option<u64> {
     })
 }
 
+/// Messages a run rejected with the reason whose code is `code`.
+pub fn rejected(report: &IngestReport, code: &str) -> u64 {
+    report
+        .rejected_by_reason
+        .iter()
+        .filter(|(r, _)| r.as_str() == code)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
 /// A producer: a key_id and its Ed25519 key. Every envelope gets a fresh nonce and id unless the
 /// spec says otherwise.
 pub struct Producer {
