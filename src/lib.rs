@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod envelope;
 pub mod ingest;
 pub mod kafka;
+pub mod partition;
 pub mod pipeline;
 pub mod produce;
 pub mod reason;

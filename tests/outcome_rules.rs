@@ -17,7 +17,8 @@ use common::worker::{
 };
 use nekhebet_store::config::Config;
 use nekhebet_store::envelope::{self, Limits};
-use nekhebet_store::store::{Item, KafkaPos, Outcome};
+use nekhebet_store::partition::Position;
+use nekhebet_store::store::{Item, Outcome};
 
 fn item(bytes: &[u8]) -> Item {
     Item {
@@ -33,11 +34,7 @@ fn item(bytes: &[u8]) -> Item {
 }
 
 fn at(mut item: Item, topic: &str, partition: i32, offset: i64) -> Item {
-    item.pos = Some(KafkaPos {
-        topic: topic.into(),
-        partition,
-        offset,
-    });
+    item.pos = Some(Position::new(topic, partition, offset));
     item
 }
 

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use common::pg::TestDb;
 use nekhebet_store::config::{Config, LmdbConfig};
 use nekhebet_store::envelope::{self, Envelope, Limits};
-use nekhebet_store::store::{HybridStore, Item, KafkaPos, LmdbStore, Outcome, PgStore, Store};
+use nekhebet_store::partition::{Partition, Position};
+use nekhebet_store::store::{HybridStore, Item, LmdbStore, Outcome, PgStore, Store};
 
 fn sample_lines() -> Vec<String> {
     let path = concat!(
@@ -265,11 +266,7 @@ async fn redelivered_messages_are_recognised_by_their_stored_offsets() {
         range
             .map(|i| Item {
                 envelope: decode(&lines[i]),
-                pos: Some(KafkaPos {
-                    topic: topic.clone(),
-                    partition: (i % 2) as i32,
-                    offset: (i / 2) as i64,
-                }),
+                pos: Some(Position::new(topic.clone(), (i % 2) as i32, (i / 2) as i64)),
             })
             .collect()
     };
@@ -281,12 +278,16 @@ async fn redelivered_messages_are_recognised_by_their_stored_offsets() {
     let outcomes = store.save_batch(&with_pos(6..14)).await.unwrap();
     assert_eq!(tally(&outcomes), [4, 0, 4, 0]);
     let applied = store
-        .applied_offsets(&[("t1".into(), 0), ("t1".into(), 1), ("t1".into(), 2)])
+        .applied_offsets(&[
+            Partition::new("t1", 0),
+            Partition::new("t1", 1),
+            Partition::new("t1", 2),
+        ])
         .await
         .unwrap();
-    assert_eq!(applied.get(&("t1".to_string(), 0)), Some(&6));
-    assert_eq!(applied.get(&("t1".to_string(), 1)), Some(&6));
-    assert_eq!(applied.get(&("t1".to_string(), 2)), None);
+    assert_eq!(applied.get(&Partition::new("t1", 0)), Some(&6));
+    assert_eq!(applied.get(&Partition::new("t1", 1)), Some(&6));
+    assert_eq!(applied.get(&Partition::new("t1", 2)), None);
     // Provenance is recorded.
     let client = db.client().await;
     let row = client
@@ -443,16 +444,15 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
         .enumerate()
         .map(|(i, l)| Item {
             envelope: decode(l),
-            pos: Some(KafkaPos {
-                topic: topic.clone(),
-                partition: 0,
-                offset: i as i64,
-            }),
+            pos: Some(Position::new(topic.clone(), 0, i as i64)),
         })
         .collect();
     hybrid.save_batch(&positioned).await.unwrap();
-    let applied = hybrid.applied_offsets(&[("t".into(), 0)]).await.unwrap();
-    assert_eq!(applied.get(&("t".to_string(), 0)), Some(&9));
+    let applied = hybrid
+        .applied_offsets(&[Partition::new("t", 0)])
+        .await
+        .unwrap();
+    assert_eq!(applied.get(&Partition::new("t", 0)), Some(&9));
 }
 
 #[tokio::test]
@@ -540,11 +540,7 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
         .enumerate()
         .map(|(i, l)| Item {
             envelope: decode(l),
-            pos: Some(KafkaPos {
-                topic: topic.clone(),
-                partition: 0,
-                offset: i as i64,
-            }),
+            pos: Some(Position::new(topic.clone(), 0, i as i64)),
         })
         .collect();
     assert_eq!(

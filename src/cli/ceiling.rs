@@ -13,7 +13,8 @@ use heed::types::Bytes as RawBytes;
 
 use crate::config::{Config, LmdbLayout};
 use crate::envelope::{self, Envelope, Header, Limits};
-use crate::store::{postgres, KafkaPos, PgStore};
+use crate::partition::Position;
+use crate::store::{postgres, PgStore};
 
 #[derive(Args, Debug)]
 pub struct CeilingArgs {
@@ -49,7 +50,7 @@ pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::proc
     let headers: Vec<&Header> = envs.iter().map(|e| &e.header).collect();
     postgres::copy_guard(&tx, &headers).await?;
     let seqs = postgres::next_seqs(&tx, envs.len()).await?;
-    let rows: Vec<(&Envelope, Option<&KafkaPos>, i64)> = envs
+    let rows: Vec<(&Envelope, Option<&Position>, i64)> = envs
         .iter()
         .zip(seqs)
         .map(|(e, seq)| (e, None, seq))

@@ -23,23 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry::names;
 
-/// A topic partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tp {
-    pub topic: Arc<str>,
-    pub partition: i32,
-}
-
-impl std::fmt::Display for Tp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.topic, self.partition)
-    }
-}
+pub use crate::partition::Partition;
 
 /// One consumed message, detached from librdkafka.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub tp: Tp,
+    pub tp: Partition,
     pub offset: i64,
     /// The assignment generation of `tp` when this record was polled: a record from an earlier
     /// assignment of a partition that was revoked meanwhile is stale and never committed.
@@ -60,7 +49,7 @@ impl Record {
 /// A partition newly assigned to us.
 #[derive(Debug, Clone)]
 pub struct Assigned {
-    pub tp: Tp,
+    pub tp: Partition,
     pub epoch: u64,
     /// The group's committed offset (next offset to read), if any.
     pub kafka_committed: Option<i64>,
@@ -73,12 +62,12 @@ pub enum Control {
     /// Reply with the offset to start each partition from (`None`: let Kafka decide).
     Assign {
         partitions: Vec<Assigned>,
-        reply: oneshot::Sender<HashMap<Tp, Option<i64>>>,
+        reply: oneshot::Sender<HashMap<Partition, Option<i64>>>,
     },
     /// Finish (or abandon) in-flight work of these partitions, then ack. `lost`: the group already
     /// gave them away (session expired); committing is pointless.
     Revoke {
-        partitions: Vec<Tp>,
+        partitions: Vec<Partition>,
         lost: bool,
         ack: oneshot::Sender<()>,
     },
@@ -113,7 +102,7 @@ impl PauseFlags {
 pub struct IngestContext {
     ctl: mpsc::UnboundedSender<Control>,
     /// Current assignment as the poll thread sees it: partition → epoch.
-    epochs: Mutex<HashMap<Tp, u64>>,
+    epochs: Mutex<HashMap<Partition, u64>>,
     next_epoch: AtomicU64,
     /// Bumped after every assignment change, so the poll loop re-applies a pause to new partitions.
     generation: AtomicU64,
@@ -153,14 +142,14 @@ impl IngestContext {
         t
     }
 
-    fn tps(&self, tpl: &TopicPartitionList) -> Vec<(Tp, Offset)> {
+    fn tps(&self, tpl: &TopicPartitionList) -> Vec<(Partition, Offset)> {
         tpl.elements()
             .iter()
             .map(|e| {
                 (
-                    Tp {
+                    Partition {
                         topic: self.intern(e.topic()),
-                        partition: e.partition(),
+                        number: e.partition(),
                     },
                     e.offset(),
                 )
@@ -168,7 +157,7 @@ impl IngestContext {
             .collect()
     }
 
-    fn epoch_of(&self, tp: &Tp) -> Option<u64> {
+    fn epoch_of(&self, tp: &Partition) -> Option<u64> {
         lock(&self.epochs).get(tp).copied()
     }
 
@@ -176,7 +165,7 @@ impl IngestContext {
         let tps = self.tps(tpl);
         // The group's committed offsets: the main loop resumes from the later of these and the
         // stores' applied offsets (both mark points below which everything is done).
-        let committed: HashMap<Tp, i64> = match consumer
+        let committed: HashMap<Partition, i64> = match consumer
             .committed_offsets(tpl.clone(), self.committed_fetch_timeout)
         {
             Ok(list) => self
@@ -219,7 +208,7 @@ impl IngestContext {
         };
         for (tp, offset) in offsets {
             let Some(offset) = offset else { continue };
-            if let Some(mut elem) = tpl.find_partition(&tp.topic, tp.partition) {
+            if let Some(mut elem) = tpl.find_partition(&tp.topic, tp.number) {
                 if let Err(e) = elem.set_offset(Offset::Offset(offset)) {
                     tracing::warn!(partition = %tp, offset, error = %e, "cannot set the start offset; Kafka's committed offset applies");
                 }
@@ -228,7 +217,7 @@ impl IngestContext {
     }
 
     fn on_revoke(&self, consumer: &IngestConsumer, tpl: &TopicPartitionList) {
-        let partitions: Vec<Tp> = self.tps(tpl).into_iter().map(|(tp, _)| tp).collect();
+        let partitions: Vec<Partition> = self.tps(tpl).into_iter().map(|(tp, _)| tp).collect();
         let lost = consumer.assignment_lost();
         let (ack, rx) = oneshot::channel();
         if self
@@ -258,9 +247,9 @@ impl ClientContext for IngestContext {
                 if *partition < 0 {
                     continue;
                 }
-                let tp = Tp {
+                let tp = Partition {
                     topic: self.intern(topic),
-                    partition: *partition,
+                    number: *partition,
                 };
                 if !epochs.contains_key(&tp) || p.hi_offset < 0 {
                     continue;
@@ -454,9 +443,9 @@ fn poll_loop(
 }
 
 fn to_record(ctx: &IngestContext, m: &BorrowedMessage<'_>) -> Option<Record> {
-    let tp = Tp {
+    let tp = Partition {
         topic: ctx.intern(m.topic()),
-        partition: m.partition(),
+        number: m.partition(),
     };
     // A message of a partition we no longer hold (revoked between fetch and poll): the new owner
     // reads it; we must not.

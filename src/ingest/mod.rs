@@ -47,7 +47,7 @@ use crate::reason::Reason;
 use crate::store::{Outcome, Store};
 use crate::telemetry::names;
 
-use consumer::{Assigned, Control, IngestConsumer, IngestContext, PauseFlags, Record, Tp};
+use consumer::{Assigned, Control, IngestConsumer, IngestContext, Partition, PauseFlags, Record};
 use progress::CatchUp;
 use writer::{Completion, Owned, Prepared, Verdict, WriteError, Writer};
 
@@ -456,13 +456,13 @@ struct MainLoop<'a> {
     opts: IngestOptions,
     consumer: Arc<IngestConsumer>,
     owned: Owned,
-    committed: Arc<Mutex<HashMap<Tp, i64>>>,
+    committed: Arc<Mutex<HashMap<Partition, i64>>>,
     pause: Arc<PauseFlags>,
     /// One lane per batch the writer may have in PostgreSQL at once: batches of different lanes
     /// share no partition, so they can be written concurrently.
-    batcher: LaneBatcher<Tp, Record>,
+    batcher: LaneBatcher<Partition, Record>,
     /// Batches between hand-off and completion, with the partitions each holds.
-    in_flight: BTreeMap<u64, HashSet<Tp>>,
+    in_flight: BTreeMap<u64, HashSet<Partition>>,
     next_batch: u64,
     max_in_flight: usize,
     catch_up: CatchUp,
@@ -666,7 +666,7 @@ impl MainLoop<'_> {
         self.next_batch += 1;
         metrics::histogram!(names::BATCH_RECORDS).record(batch.records.len() as f64);
         metrics::histogram!(names::BATCH_BYTES).record(batch.bytes as f64);
-        let tps: HashSet<Tp> = batch.records.iter().map(|r| r.tp.clone()).collect();
+        let tps: HashSet<Partition> = batch.records.iter().map(|r| r.tp.clone()).collect();
         self.in_flight.insert(id, tps);
         metrics::gauge!(names::IN_FLIGHT_BATCHES).set(self.in_flight.len() as f64);
         permit.send((id, batch));
@@ -704,11 +704,8 @@ impl MainLoop<'_> {
         Ok(())
     }
 
-    async fn on_assign(&mut self, partitions: &[Assigned]) -> HashMap<Tp, Option<i64>> {
-        let keys: Vec<(String, i32)> = partitions
-            .iter()
-            .map(|a| (a.tp.topic.to_string(), a.tp.partition))
-            .collect();
+    async fn on_assign(&mut self, partitions: &[Assigned]) -> HashMap<Partition, Option<i64>> {
+        let keys: Vec<Partition> = partitions.iter().map(|a| a.tp.clone()).collect();
         let applied = match tokio::time::timeout(
             ASSIGN_STORE_TIMEOUT,
             self.store.applied_offsets(&keys),
@@ -734,9 +731,7 @@ impl MainLoop<'_> {
             let mut committed = lock(&self.committed);
             for a in partitions {
                 committed.remove(&a.tp);
-                let stored = applied
-                    .get(&(a.tp.topic.to_string(), a.tp.partition))
-                    .copied();
+                let stored = applied.get(&a.tp).copied();
                 let start = progress::resume_offset(stored, a.kafka_committed);
                 tracing::info!(partition = %a.tp, store_applied = ?stored, kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
                 // The stores may be ahead of Kafka's committed offset (a worker killed between
@@ -759,18 +754,18 @@ impl MainLoop<'_> {
             joined.store(true, Ordering::SeqCst);
         }
         if self.opts.until_caught_up {
-            let tps: Vec<Tp> = partitions.iter().map(|a| a.tp.clone()).collect();
+            let tps: Vec<Partition> = partitions.iter().map(|a| a.tp.clone()).collect();
             self.fetch_targets(tps).await;
         }
         out
     }
 
     /// Measures high watermarks for partitions that have no catch-up target yet.
-    async fn fetch_targets(&mut self, tps: Vec<Tp>) {
+    async fn fetch_targets(&mut self, tps: Vec<Partition>) {
         let consumer = self.consumer.clone();
         let measured = tokio::task::spawn_blocking(move || {
             tps.into_iter()
-                .filter_map(|tp| match consumer.fetch_watermarks(&tp.topic, tp.partition, WATERMARK_TIMEOUT) {
+                .filter_map(|tp| match consumer.fetch_watermarks(&tp.topic, tp.number, WATERMARK_TIMEOUT) {
                     Ok((low, high)) => Some((tp, low, high)),
                     Err(e) => {
                         tracing::warn!(partition = %tp, error = %e, "cannot read the watermarks (retrying)");
@@ -787,8 +782,8 @@ impl MainLoop<'_> {
     }
 
     async fn check_caught_up(&mut self) -> bool {
-        let assigned: Vec<Tp> = lock(&self.owned).keys().cloned().collect();
-        let missing: Vec<Tp> = assigned
+        let assigned: Vec<Partition> = lock(&self.owned).keys().cloned().collect();
+        let missing: Vec<Partition> = assigned
             .iter()
             .filter(|tp| !self.catch_up.has_target(tp))
             .cloned()
@@ -801,11 +796,11 @@ impl MainLoop<'_> {
 
     async fn on_revoke(
         &mut self,
-        partitions: &[Tp],
+        partitions: &[Partition],
         lost: bool,
         done_rx: &mut mpsc::UnboundedReceiver<Completion>,
     ) {
-        let revoked: HashSet<&Tp> = partitions.iter().collect();
+        let revoked: HashSet<&Partition> = partitions.iter().collect();
         let before = self.batcher.held();
         self.batcher.retain(|r| !revoked.contains(&r.tp));
         self.report.abandoned += (before - self.batcher.held()) as u64;
@@ -842,12 +837,12 @@ impl MainLoop<'_> {
             metrics::gauge!(names::ASSIGNED_PARTITIONS).set(owned.len() as f64);
         }
         for tp in partitions {
-            metrics::gauge!(names::CONSUMER_LAG, "topic" => tp.topic.to_string(), "partition" => tp.partition.to_string()).set(0.0);
+            metrics::gauge!(names::CONSUMER_LAG, "topic" => tp.topic.to_string(), "partition" => tp.number.to_string()).set(0.0);
         }
         if !lost {
             // Async commits may still be on their way: make the last ones durable before the next
             // owner reads the group's offsets.
-            let offsets: Vec<(Tp, i64)> = {
+            let offsets: Vec<(Partition, i64)> = {
                 let c = lock(&self.committed);
                 partitions
                     .iter()
@@ -860,7 +855,7 @@ impl MainLoop<'_> {
     }
 
     /// The last committed position of every partition this worker owns.
-    fn owned_positions(&self) -> Vec<(Tp, i64)> {
+    fn owned_positions(&self) -> Vec<(Partition, i64)> {
         let owned = lock(&self.owned);
         let c = lock(&self.committed);
         c.iter()
@@ -896,7 +891,7 @@ impl MainLoop<'_> {
         self.commit_sync(offsets).await;
     }
 
-    async fn commit_sync(&self, offsets: Vec<(Tp, i64)>) {
+    async fn commit_sync(&self, offsets: Vec<(Partition, i64)>) {
         if offsets.is_empty() {
             return;
         }
@@ -1033,10 +1028,10 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 /// The offsets to commit as librdkafka's list (a partition it cannot take is logged and skipped).
-fn offset_list(offsets: &[(Tp, i64)]) -> TopicPartitionList {
+fn offset_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(offsets.len());
     for (tp, o) in offsets {
-        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o)) {
+        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.number, Offset::Offset(*o)) {
             tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::consumer::Tp;
+use super::consumer::Partition;
 
 /// The offset to resume a partition from, given the stores' highest applied offset and the
 /// group's committed offset (the next offset to read).
@@ -24,13 +24,13 @@ pub fn resume_offset(store_applied: Option<i64>, kafka_committed: Option<i64>) -
 /// committed position since, to tell when every assigned partition reached its target.
 #[derive(Debug, Default)]
 pub struct CatchUp {
-    targets: HashMap<Tp, i64>,
-    positions: HashMap<Tp, i64>,
+    targets: HashMap<Partition, i64>,
+    positions: HashMap<Partition, i64>,
 }
 
 impl CatchUp {
     /// A partition starts at `start` (the resume offset), when known.
-    pub fn on_assign(&mut self, tp: &Tp, start: Option<i64>) {
+    pub fn on_assign(&mut self, tp: &Partition, start: Option<i64>) {
         if let Some(s) = start {
             self.advance(tp, s);
         }
@@ -39,28 +39,28 @@ impl CatchUp {
     /// Records the watermarks of a partition, once: the target is the high watermark at the time
     /// it was first measured. A partition with no known position started at the low watermark
     /// (`auto.offset.reset=earliest`).
-    pub fn set_watermarks(&mut self, tp: &Tp, low: i64, high: i64) {
+    pub fn set_watermarks(&mut self, tp: &Partition, low: i64, high: i64) {
         self.targets.entry(tp.clone()).or_insert(high);
         self.positions.entry(tp.clone()).or_insert(low);
     }
 
-    pub fn has_target(&self, tp: &Tp) -> bool {
+    pub fn has_target(&self, tp: &Partition) -> bool {
         self.targets.contains_key(tp)
     }
 
     /// The offsets up to `next` (exclusive) are committed.
-    pub fn on_commit(&mut self, tp: &Tp, next: i64) {
+    pub fn on_commit(&mut self, tp: &Partition, next: i64) {
         self.advance(tp, next);
     }
 
-    fn advance(&mut self, tp: &Tp, to: i64) {
+    fn advance(&mut self, tp: &Partition, to: i64) {
         let p = self.positions.entry(tp.clone()).or_insert(to);
         *p = (*p).max(to);
     }
 
     /// True when at least one partition is assigned and each assigned partition's position
     /// reached its target.
-    pub fn caught_up<'a>(&self, assigned: impl IntoIterator<Item = &'a Tp>) -> bool {
+    pub fn caught_up<'a>(&self, assigned: impl IntoIterator<Item = &'a Partition>) -> bool {
         let mut any = false;
         for tp in assigned {
             any = true;
@@ -73,7 +73,7 @@ impl CatchUp {
     }
 
     /// Messages left to commit before catching up (for progress output).
-    pub fn remaining<'a>(&self, assigned: impl IntoIterator<Item = &'a Tp>) -> Option<i64> {
+    pub fn remaining<'a>(&self, assigned: impl IntoIterator<Item = &'a Partition>) -> Option<i64> {
         let mut total = 0i64;
         for tp in assigned {
             let (t, p) = (self.targets.get(tp)?, self.positions.get(tp)?);
@@ -99,10 +99,10 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn tp(p: i32) -> Tp {
-        Tp {
+    fn tp(p: i32) -> Partition {
+        Partition {
             topic: Arc::from("t"),
-            partition: p,
+            number: p,
         }
     }
 

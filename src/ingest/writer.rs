@@ -33,19 +33,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::consumer::{IngestConsumer, PauseFlags, Record, Tp};
+use super::consumer::{IngestConsumer, Partition, PauseFlags, Record};
 use super::progress::mask;
 use super::IngestReport;
 use crate::dlq::{DeadLetter, DlqSink};
 use crate::envelope::{Envelope, Rejection};
+use crate::partition::Position;
 use crate::reason::Reason;
 use crate::store::postgres::ErrorClass;
-use crate::store::{Item, KafkaPos, LmdbError, Outcome, PgPhase, Store, StoreError};
+use crate::store::{Item, LmdbError, Outcome, PgPhase, Store, StoreError};
 use crate::telemetry::names;
 
 /// Partition → assignment epoch, for the partitions this worker currently owns. Shared by the
 /// main loop (which changes it on rebalance) and the writer (which commits only what it owns).
-pub type Owned = Arc<Mutex<HashMap<Tp, u64>>>;
+pub type Owned = Arc<Mutex<HashMap<Partition, u64>>>;
 
 /// A checked message: the envelope, or why it is rejected.
 pub type Verdict = Result<Envelope, Rejection>;
@@ -63,7 +64,7 @@ pub struct Completion {
     pub id: u64,
     pub report: IngestReport,
     /// Next offsets committed to Kafka, per partition.
-    pub committed: Vec<(Tp, i64)>,
+    pub committed: Vec<(Partition, i64)>,
 }
 
 /// Why the writer stopped.
@@ -109,7 +110,7 @@ pub struct Writer {
     saver: Saver,
     consumer: Arc<IngestConsumer>,
     /// Last next-offset committed per partition (the final synchronous commit re-sends these).
-    committed: Arc<Mutex<HashMap<Tp, i64>>>,
+    committed: Arc<Mutex<HashMap<Partition, i64>>>,
     /// How many batches may be in their PostgreSQL phase at once (`postgres.concurrent_batches`).
     concurrency: usize,
 }
@@ -131,7 +132,7 @@ struct Saver {
 /// A batch in its PostgreSQL phase, in a task.
 struct InPostgres {
     /// Every partition the batch has a message of (valid or rejected).
-    partitions: HashSet<Tp>,
+    partitions: HashSet<Partition>,
     task: JoinHandle<Result<Staged, WriteError>>,
 }
 
@@ -171,7 +172,7 @@ impl Writer {
         dlq: DlqSink,
         consumer: Arc<IngestConsumer>,
         owned: Owned,
-        committed: Arc<Mutex<HashMap<Tp, i64>>>,
+        committed: Arc<Mutex<HashMap<Partition, i64>>>,
         pause: Arc<PauseFlags>,
         abort: CancellationToken,
         concurrency: usize,
@@ -208,13 +209,13 @@ impl Writer {
         let mut in_pg: VecDeque<InPostgres> = VecDeque::new();
         // The next batch (with its partitions), received but not started: its partitions overlap
         // one in flight, or `concurrency` batches are already in flight.
-        let mut waiting: Option<(HashSet<Tp>, Prepared)> = None;
+        let mut waiting: Option<(HashSet<Partition>, Prepared)> = None;
         // The batch whose LMDB transaction is running, if any.
         let mut pending: Option<InLmdb> = None;
         let mut input_open = true;
         let result = loop {
             if let Some((partitions, batch)) = waiting.take() {
-                let busy: Vec<&HashSet<Tp>> = in_pg.iter().map(|b| &b.partitions).collect();
+                let busy: Vec<&HashSet<Partition>> = in_pg.iter().map(|b| &b.partitions).collect();
                 if may_start(&busy, &partitions, self.concurrency) {
                     let mut saver = self.saver.clone();
                     saver.rng = StdRng::from_entropy();
@@ -411,8 +412,8 @@ impl Writer {
         records: &[Record],
         fates: &[Fate],
         report: &mut IngestReport,
-    ) -> Vec<(Tp, i64)> {
-        let mut next: BTreeMap<&Tp, (u64, i64)> = BTreeMap::new();
+    ) -> Vec<(Partition, i64)> {
+        let mut next: BTreeMap<&Partition, (u64, i64)> = BTreeMap::new();
         for (r, f) in records.iter().zip(fates) {
             if matches!(f, Fate::Abandoned) {
                 continue;
@@ -432,7 +433,7 @@ impl Writer {
         for (tp, (epoch, offset)) in &next {
             if owned.get(*tp) == Some(epoch) {
                 if let Err(e) =
-                    tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
+                    tpl.add_partition_offset(&tp.topic, tp.number, Offset::Offset(*offset))
                 {
                     tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
                     continue;
@@ -513,9 +514,8 @@ impl Saver {
                     chunk.idx.push(i);
                     chunk.items.push(Item {
                         envelope,
-                        pos: Some(KafkaPos {
-                            topic: r.tp.topic.clone(),
-                            partition: r.tp.partition,
+                        pos: Some(Position {
+                            partition: r.tp.clone(),
                             offset: r.offset,
                         }),
                     });
@@ -757,7 +757,11 @@ impl Saver {
 
 /// Whether a batch on `partitions` may start its PostgreSQL phase while batches on `busy` are in
 /// theirs: fewer than `concurrency` in flight, and no partition shared with any of them.
-fn may_start(busy: &[&HashSet<Tp>], partitions: &HashSet<Tp>, concurrency: usize) -> bool {
+fn may_start(
+    busy: &[&HashSet<Partition>],
+    partitions: &HashSet<Partition>,
+    concurrency: usize,
+) -> bool {
     busy.len() < concurrency && busy.iter().all(|b| b.is_disjoint(partitions))
 }
 
@@ -768,7 +772,7 @@ fn letter(r: &Record, rejection: Rejection) -> DeadLetter {
         reason: rejection.reason,
         detail: rejection.detail,
         source_topic: r.tp.topic.clone(),
-        source_partition: r.tp.partition,
+        source_partition: r.tp.number,
         source_offset: r.offset,
     }
 }
@@ -799,12 +803,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn tps(parts: &[i32]) -> HashSet<Tp> {
+    fn tps(parts: &[i32]) -> HashSet<Partition> {
         parts
             .iter()
-            .map(|&p| Tp {
+            .map(|&p| Partition {
                 topic: "t".into(),
-                partition: p,
+                number: p,
             })
             .collect()
     }
@@ -818,9 +822,9 @@ mod tests {
         assert!(!may_start(&[&a], &tps(&[2, 5]), 2), "shares partition 2");
         assert!(!may_start(&[&a, &b], &tps(&[4]), 2), "limit reached");
         assert!(may_start(&[&a, &b], &tps(&[4]), 3));
-        let other_topic: HashSet<Tp> = [Tp {
+        let other_topic: HashSet<Partition> = [Partition {
             topic: "u".into(),
-            partition: 0,
+            number: 0,
         }]
         .into();
         assert!(

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::lmdb::BlobBatch;
 use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, StoreError};
 use crate::config::LmdbLayout;
+use crate::partition::{Partition, Position};
 use crate::telemetry::names;
 
 /// What a batch's LMDB phase needs from its PostgreSQL phase.
@@ -205,7 +206,7 @@ impl HybridStore {
 
     pub async fn applied_offsets(
         &self,
-        partitions: &[(String, i32)],
+        partitions: &[Partition],
     ) -> Result<AppliedOffsets, StoreError> {
         let pg = self.pg.applied_offsets(partitions).await?;
         let lmdb = self.lmdb.applied_offsets(partitions.to_vec()).await?;
@@ -252,10 +253,13 @@ impl HybridStore {
 }
 
 /// The batch's offsets as LMDB records them: (topic, partition, highest offset).
-fn highest_offsets(items: &[Item]) -> Vec<(String, i32, i64)> {
+fn highest_offsets(items: &[Item]) -> Vec<Position> {
     super::highest_offsets(items)
         .into_iter()
-        .map(|((t, p), o)| (t.to_string(), p, o))
+        .map(|(p, offset)| Position {
+            partition: p.clone(),
+            offset,
+        })
         .collect()
 }
 

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::{AppliedOffsets, Item, Outcome, StoreError};
 use crate::config::LmdbConfig;
+use crate::partition::{Partition, Position};
 
 /// An LMDB failure.
 #[derive(Debug, thiserror::Error)]
@@ -133,14 +134,14 @@ pub struct BlobBatch {
     /// (content hash, envelope bytes); an existing key is left alone.
     pub blobs: Vec<(String, bytes::Bytes)>,
     /// (topic, partition, highest applied offset).
-    pub offsets: Vec<(String, i32, i64)>,
+    pub offsets: Vec<Position>,
 }
 
-fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(topic.len() + 5);
-    k.extend_from_slice(topic.as_bytes());
+fn offset_key(p: &Partition) -> Vec<u8> {
+    let mut k = Vec::with_capacity(p.topic.len() + 5);
+    k.extend_from_slice(p.topic.as_bytes());
     k.push(0);
-    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(&p.number.to_be_bytes());
     k
 }
 
@@ -286,7 +287,7 @@ impl LmdbStore {
                 for item in &items {
                     let h = &item.envelope.header;
                     if let Some(pos) = &item.pos {
-                        let k = offset_key(&pos.topic, pos.partition);
+                        let k = offset_key(&pos.partition);
                         if dbs
                             .offsets
                             .get(wtxn, &k)?
@@ -321,7 +322,7 @@ impl LmdbStore {
                         }
                     }
                     if let Some(pos) = &item.pos {
-                        let k = offset_key(&pos.topic, pos.partition);
+                        let k = offset_key(&pos.partition);
                         dbs.offsets.put(wtxn, &k, &pos.offset.to_be_bytes())?;
                     }
                 }
@@ -366,7 +367,7 @@ impl LmdbStore {
     pub async fn append_blobs(
         &self,
         mut blobs: Vec<(i64, bytes::Bytes)>,
-        offsets: Vec<(String, i32, i64)>,
+        offsets: Vec<Position>,
     ) -> Result<usize, StoreError> {
         blobs.sort_unstable_by_key(|b| b.0);
         blobs.dedup_by_key(|b| b.0);
@@ -466,19 +467,19 @@ impl LmdbStore {
 
     pub async fn applied_offsets(
         &self,
-        partitions: Vec<(String, i32)>,
+        partitions: Vec<Partition>,
     ) -> Result<AppliedOffsets, StoreError> {
         let this = self.clone();
         run_blocking(move || {
             this.read(|dbs, rtxn| {
                 let mut out = AppliedOffsets::new();
-                for (topic, partition) in partitions {
+                for partition in partitions {
                     if let Some(o) = dbs
                         .offsets
-                        .get(rtxn, &offset_key(&topic, partition))?
+                        .get(rtxn, &offset_key(&partition))?
                         .and_then(read_offset)
                     {
-                        out.insert((topic, partition), o);
+                        out.insert(partition, o);
                     }
                 }
                 Ok(out)
@@ -600,13 +601,9 @@ impl LmdbStore {
 }
 
 /// Advances stored offsets (never backwards).
-fn write_offsets(
-    dbs: &Dbs,
-    wtxn: &mut RwTxn,
-    offsets: &[(String, i32, i64)],
-) -> Result<(), heed::Error> {
-    for (topic, partition, offset) in offsets {
-        let k = offset_key(topic, *partition);
+fn write_offsets(dbs: &Dbs, wtxn: &mut RwTxn, offsets: &[Position]) -> Result<(), heed::Error> {
+    for Position { partition, offset } in offsets {
+        let k = offset_key(partition);
         let current = dbs.offsets.get(wtxn, &k)?.and_then(read_offset);
         if current.is_none_or(|c| c < *offset) {
             dbs.offsets.put(wtxn, &k, &offset.to_be_bytes())?;

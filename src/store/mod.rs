@@ -10,30 +10,22 @@ pub mod pg_tls;
 pub mod postgres;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::config::{Config, StoreMode};
 use crate::envelope::Envelope;
+use crate::partition::{Partition, Position};
 
 pub use hybrid::{HybridStore, PgPhase};
 pub use lmdb::{LmdbError, LmdbStore};
 pub use postgres::{ErrorClass, PgError, PgStore};
 
-/// Where a message came from, when it came from Kafka.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KafkaPos {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-}
-
 /// One envelope to save, with its Kafka position if it has one (`import` has none).
 #[derive(Debug, Clone)]
 pub struct Item {
     pub envelope: Envelope,
-    pub pos: Option<KafkaPos>,
+    pub pos: Option<Position>,
 }
 
 /// What saving did with one envelope.
@@ -117,7 +109,7 @@ impl StoreError {
 }
 
 /// Highest applied offset per (topic, partition), as stored with the data.
-pub type AppliedOffsets = HashMap<(String, i32), i64>;
+pub type AppliedOffsets = HashMap<Partition, i64>;
 
 /// The configured repository.
 #[derive(Clone)]
@@ -209,7 +201,7 @@ impl Store {
     /// LMDB's, so a crash between the two commits is replayed (and healed) on restart.
     pub async fn applied_offsets(
         &self,
-        partitions: &[(String, i32)],
+        partitions: &[Partition],
     ) -> Result<AppliedOffsets, StoreError> {
         match self {
             Store::Postgres(pg) => Ok(pg.applied_offsets(partitions).await?),
@@ -267,12 +259,10 @@ impl Store {
 
 /// Highest offset per (topic, partition) among the items with a Kafka position: what a batch
 /// advances the stored applied offsets to.
-pub(crate) fn highest_offsets(items: &[Item]) -> HashMap<(&str, i32), i64> {
-    let mut highest: HashMap<(&str, i32), i64> = HashMap::new();
+pub(crate) fn highest_offsets(items: &[Item]) -> HashMap<&Partition, i64> {
+    let mut highest: HashMap<&Partition, i64> = HashMap::new();
     for pos in items.iter().filter_map(|i| i.pos.as_ref()) {
-        let e = highest
-            .entry((&pos.topic, pos.partition))
-            .or_insert(pos.offset);
+        let e = highest.entry(&pos.partition).or_insert(pos.offset);
         *e = (*e).max(pos.offset);
     }
     highest

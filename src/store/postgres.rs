@@ -23,9 +23,10 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::{plan_batch, AppliedOffsets, BatchPlan, EventMetadata, Item, KafkaPos, Outcome};
+use super::{plan_batch, AppliedOffsets, BatchPlan, EventMetadata, Item, Outcome};
 use crate::config::{PostgresConfig, SslMode};
 use crate::envelope::{Envelope, Header};
+use crate::partition::{Partition, Position};
 
 /// What kind of PostgreSQL failure this is, which decides what the ingest loop does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,14 +380,14 @@ pub(crate) async fn copy_guard(
 /// Binary COPY of `events` rows: each envelope with its Kafka position (if any) and its `seq`.
 pub(crate) async fn copy_events(
     tx: &deadpool_postgres::Transaction<'_>,
-    rows: &[(&Envelope, Option<&KafkaPos>, i64)],
+    rows: &[(&Envelope, Option<&Position>, i64)],
 ) -> Result<(), PgError> {
     let mut copy = CopyRows::new(&COPY_EVENTS_TYPES);
     for &(envelope, pos, seq) in rows {
         let h = &envelope.header;
         let blob: &[u8] = &envelope.bytes;
-        let topic = pos.map(|p| &*p.topic);
-        let partition = pos.map(|p| p.partition);
+        let topic = pos.map(|p| &*p.partition.topic);
+        let partition = pos.map(|p| p.partition.number);
         let offset = pos.map(|p| p.offset);
         copy.push(&[
             &h.id,
@@ -576,8 +577,8 @@ impl PgStore {
         let tx = client.transaction().await?;
 
         let highest = super::highest_offsets(items);
-        let off_topics: Vec<&str> = highest.keys().map(|k| k.0).collect();
-        let off_parts: Vec<i32> = highest.keys().map(|k| k.1).collect();
+        let off_topics: Vec<&str> = highest.keys().map(|p| &*p.topic).collect();
+        let off_parts: Vec<i32> = highest.keys().map(|p| p.number).collect();
         let off_values: Vec<i64> = highest.values().copied().collect();
 
         // Pipelined on the connection; the server runs them in order, so the lookup's snapshot is
@@ -614,7 +615,7 @@ impl PgStore {
             .map(|i| {
                 i.pos.as_ref().is_some_and(|p| {
                     applied
-                        .get(&(&*p.topic, p.partition))
+                        .get(&(&*p.partition.topic, p.partition.number))
                         .is_some_and(|&a| p.offset <= a)
                 })
             })
@@ -635,7 +636,7 @@ impl PgStore {
         let mut stored: HashMap<String, i64> = HashMap::with_capacity(event_rows.len());
         if !event_rows.is_empty() {
             let seqs = next_seqs(&tx, event_rows.len()).await?;
-            let rows: Vec<(&Envelope, Option<&KafkaPos>, i64)> = event_rows
+            let rows: Vec<(&Envelope, Option<&Position>, i64)> = event_rows
                 .iter()
                 .zip(seqs)
                 .map(|(&i, seq)| (&items[i].envelope, items[i].pos.as_ref(), seq))
@@ -657,11 +658,11 @@ impl PgStore {
     /// Highest applied offset per partition, as recorded with the batches.
     pub async fn applied_offsets(
         &self,
-        partitions: &[(String, i32)],
+        partitions: &[Partition],
     ) -> Result<AppliedOffsets, PgError> {
         let client = self.pool.get().await?;
-        let topics: Vec<&str> = partitions.iter().map(|p| p.0.as_str()).collect();
-        let parts: Vec<i32> = partitions.iter().map(|p| p.1).collect();
+        let topics: Vec<&str> = partitions.iter().map(|p| &*p.topic).collect();
+        let parts: Vec<i32> = partitions.iter().map(|p| p.number).collect();
         let rows = client
             .query(
                 "SELECT topic, partition, applied_offset FROM nekhebet_consumer_offsets
@@ -671,7 +672,7 @@ impl PgStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .map(|r| (Partition::new(r.get::<_, &str>(0), r.get(1)), r.get(2)))
             .collect())
     }
 
