@@ -1,6 +1,8 @@
 //! The checks every message goes through before it reaches a store, shared by the Kafka worker
 //! and `import`: strict decode, structural validation and, when `verify.enabled`, signature
-//! verification exactly as nekhebet-core does it (which includes the structural checks).
+//! verification exactly as nekhebet-core does it (which includes the structural checks), under a
+//! panic net ([`Checker::check_each`]): a decoder bug some input triggers rejects that message
+//! (`internal_error`) instead of losing it or taking the process down.
 //! Pure CPU work: callers run it off the async runtime.
 
 use std::collections::HashMap;
@@ -43,6 +45,56 @@ impl Checker {
 
     pub fn verifies(&self) -> bool {
         self.verifier.is_some()
+    }
+
+    /// One verdict per message, in order; `None` is a Kafka tombstone (`null_value`). A panic in
+    /// the checks is caught: the batch is checked again message by message, and a message that
+    /// panics on its own is rejected as `internal_error`.
+    pub fn check_each(
+        &self,
+        values: &[Option<Bytes>],
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Envelope, Rejection>> {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        let run = |vs: &[Option<Bytes>]| -> Vec<Result<Envelope, Rejection>> {
+            let present: Vec<Bytes> = vs.iter().filter_map(Clone::clone).collect();
+            let mut checked = self.check(present, now).into_iter();
+            vs.iter()
+                .map(|v| match v {
+                    None => Err(Rejection::new(
+                        Reason::NullValue,
+                        "Kafka message without a value (tombstone)",
+                    )),
+                    Some(_) => checked.next().unwrap_or_else(|| {
+                        Err(Rejection::new(
+                            Reason::InternalError,
+                            "no verdict for this message",
+                        ))
+                    }),
+                })
+                .collect()
+        };
+        match catch_unwind(AssertUnwindSafe(|| run(values))) {
+            Ok(v) => v,
+            Err(_) => values
+                .iter()
+                .map(|v| {
+                    match catch_unwind(AssertUnwindSafe(|| run(std::slice::from_ref(v)))) {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(Rejection::new(Reason::InternalError, "no verdict"))
+                        }),
+                        Err(p) => {
+                            let what = panic_text(&*p);
+                            tracing::error!(panic = %what, "message check panicked; rejecting the message");
+                            Err(Rejection::new(
+                                Reason::InternalError,
+                                format!("message check panicked: {what}"),
+                            ))
+                        }
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// One verdict per message, in order. Signatures of a batch are verified together (Ed25519
@@ -148,4 +200,12 @@ pub fn verify_config(settings: &VerifySettings) -> Result<VerifyConfig, ConfigEr
         event_types: settings.event_types.clone(),
         keys,
     })
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use common::pg::TestDb;
 use nekhebet_store::config::{Config, LmdbConfig};
 use nekhebet_store::envelope::{self, Envelope, Limits};
+use nekhebet_store::ingest::apply::{Applier, Fate, RetryPolicy, Sink};
 use nekhebet_store::partition::{Partition, Position};
+use nekhebet_store::reason::Reason;
 use nekhebet_store::store::{HybridStore, Item, LmdbStore, Outcome, PgStore, Store};
 
 fn sample_lines() -> Vec<String> {
@@ -300,26 +302,64 @@ async fn redelivered_messages_are_recognised_by_their_stored_offsets() {
     assert_eq!(row.get::<_, String>(4), decode(&lines[5]).header.nonce);
 }
 
+/// Refused messages, as a sink that records them (what `import` prints).
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(usize, nekhebet_store::envelope::Rejection)>>);
+
+impl Sink for Recorded {
+    fn owns(&self, _: usize) -> bool {
+        true
+    }
+    fn position(&self, _: usize) -> Option<&Position> {
+        None
+    }
+    async fn reject(
+        &self,
+        refused: &[(usize, &nekhebet_store::envelope::Rejection)],
+    ) -> Vec<Result<(), nekhebet_store::dlq::DlqError>> {
+        let mut r = self.0.lock().unwrap();
+        refused
+            .iter()
+            .map(|(i, x)| {
+                r.push((*i, (*x).clone()));
+                Ok(())
+            })
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn a_message_the_database_refuses_is_isolated_and_the_rest_stored() {
     let db = TestDb::new().await;
     let store = Store::Postgres(db.store().await);
     let lines = sample_lines();
-    // Same id as line 0, other payload and nonce: the primary key refuses it (not a duplicate).
-    let clash = with_header(
-        &lines[1],
-        &[("id", &decode(&lines[0]).header.id.to_string())],
+    // A NUL character in `source`: valid JSON, but a TEXT column cannot hold it.
+    let nul = with_header(&lines[1], &[("source", "node\u{0}1")]);
+    let batch: Vec<_> = [lines[0].clone(), lines[2].clone(), nul, lines[3].clone()]
+        .iter()
+        .map(|l| Ok(decode(l)))
+        .collect();
+    let mut applier = Applier::new(
+        store.clone(),
+        RetryPolicy::default(),
+        tokio_util::sync::CancellationToken::new(),
+        None,
     );
-    let batch = items(&[lines[0].clone(), lines[2].clone(), clash, lines[3].clone()]);
-    let outcomes = store.save_batch_isolating(&batch).await.unwrap();
-    assert_eq!(outcomes[0], Ok(Outcome::Stored));
-    assert_eq!(outcomes[1], Ok(Outcome::Stored));
-    assert!(
-        outcomes[2].as_ref().unwrap_err().contains("23505"),
-        "{:?}",
-        outcomes[2]
+    let sink = Recorded::default();
+    let applied = applier.apply(batch, &sink).await.unwrap();
+    assert_eq!(
+        applied.fates,
+        [
+            Fate::Done(Outcome::Stored),
+            Fate::Done(Outcome::Stored),
+            Fate::Rejected(Reason::StoreRejected),
+            Fate::Done(Outcome::Stored)
+        ]
     );
-    assert_eq!(outcomes[3], Ok(Outcome::Stored));
+    let refused = sink.0.into_inner().unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, 2);
+    assert!(refused[0].1.detail.contains("22021"), "{:?}", refused[0]);
     // The refused message did not burn its nonce.
     let (events, guards) = store.postgres().unwrap().counts().await.unwrap();
     assert_eq!((events, guards), (3, 3));

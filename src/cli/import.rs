@@ -10,9 +10,15 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
+use crate::dlq::DlqError;
+use crate::envelope::Rejection;
+use crate::ingest::apply::{Applied, Applier, Fate, RetryPolicy, Sink};
+use crate::partition::Position;
 use crate::pipeline::Checker;
-use crate::store::{Item, Outcome, Store};
+use crate::store::{Outcome, Store};
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
@@ -98,8 +104,9 @@ pub async fn run(args: ImportArgs, config: &Config) -> anyhow::Result<ExitCode> 
     })
 }
 
-/// Reads lines, checks them in batches and saves each batch. Rejected lines are reported on stderr
-/// with their line number and never stop the import.
+/// Reads lines, checks them in batches and applies each batch the way the worker does (one
+/// implementation: [`crate::ingest::apply`]). Rejected lines are reported on stderr with their line
+/// number and never stop the import.
 pub async fn import(
     mut input: Box<dyn BufRead + Send>,
     store: &Store,
@@ -108,6 +115,15 @@ pub async fn import(
     mut on_progress: impl FnMut(u64, &ImportSummary),
 ) -> anyhow::Result<ImportSummary> {
     let mut summary = ImportSummary::default();
+    let mut applier = Applier::new(
+        store.clone(),
+        RetryPolicy {
+            attempts: Some(8),
+            ..RetryPolicy::default()
+        },
+        CancellationToken::new(),
+        None,
+    );
     let mut eof = false;
     while !eof {
         let mut lines: Vec<(u64, Bytes)> = Vec::with_capacity(batch_size);
@@ -133,38 +149,30 @@ pub async fn import(
             continue;
         }
         let numbers: Vec<u64> = lines.iter().map(|l| l.0).collect();
-        let raw: Vec<Bytes> = lines.into_iter().map(|l| l.1).collect();
+        let values: Vec<Option<Bytes>> = lines.into_iter().map(|l| Some(l.1)).collect();
         let c = checker.clone();
         let verdicts =
-            tokio::task::spawn_blocking(move || c.check(raw, chrono::Utc::now())).await?;
-        let mut items = Vec::with_capacity(verdicts.len());
-        for (line, verdict) in numbers.iter().zip(verdicts) {
-            match verdict {
-                Ok(envelope) => items.push(Item {
-                    envelope,
-                    pos: None,
-                }),
-                Err(r) => {
-                    eprintln!("line {line}: rejected ({}): {}", r.reason, r.detail);
-                    *summary.rejected.entry(r.reason).or_default() += 1;
-                }
-            }
-        }
-        if !items.is_empty() {
-            let outcomes = save_with_retry(store, &items).await?;
-            for (item, o) in items.iter().zip(outcomes) {
-                match o {
-                    Ok(o) => *summary.outcomes.entry(o).or_default() += 1,
-                    Err(detail) => {
-                        eprintln!(
-                            "event {}: refused by the store: {detail}",
-                            item.envelope.header.id
-                        );
-                        *summary
-                            .rejected
-                            .entry(crate::reason::Reason::StoreRejected)
-                            .or_default() += 1;
-                    }
+            tokio::task::spawn_blocking(move || c.check_each(&values, chrono::Utc::now())).await?;
+        let sink = Lines { numbers: &numbers };
+        let Applied {
+            fates,
+            saved,
+            mut report,
+        } = applier
+            .apply(verdicts, &sink)
+            .await
+            .context("saving a batch")?;
+        let mut written = 0;
+        applier
+            .write_lmdb(&saved, &mut written, Ok(()), &mut report)
+            .await
+            .context("saving a batch to LMDB")?;
+        for fate in fates {
+            match fate {
+                Fate::Done(o) => *summary.outcomes.entry(o).or_default() += 1,
+                Fate::Rejected(r) => *summary.rejected.entry(r).or_default() += 1,
+                Fate::Pending | Fate::Abandoned => {
+                    anyhow::bail!("internal error: a line was left without an outcome")
                 }
             }
         }
@@ -173,22 +181,30 @@ pub async fn import(
     Ok(summary)
 }
 
-async fn save_with_retry(
-    store: &Store,
-    items: &[Item],
-) -> anyhow::Result<Vec<Result<Outcome, String>>> {
-    let mut delay = std::time::Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match store.save_batch_isolating(items).await {
-            Ok(o) => return Ok(o),
-            Err(e) if e.is_retriable() && attempt < 8 => {
-                tracing::warn!(error = %e, attempt, "transient store failure; retrying the batch");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                attempt += 1;
-            }
-            Err(e) => return Err(e).context("saving a batch"),
-        }
+/// A batch of input lines: all ours; a refused line is reported with its number.
+struct Lines<'a> {
+    numbers: &'a [u64],
+}
+
+impl Sink for Lines<'_> {
+    fn owns(&self, _: usize) -> bool {
+        true
+    }
+
+    fn position(&self, _: usize) -> Option<&Position> {
+        None
+    }
+
+    async fn reject(&self, refused: &[(usize, &Rejection)]) -> Vec<Result<(), DlqError>> {
+        refused
+            .iter()
+            .map(|(i, r)| {
+                eprintln!(
+                    "line {}: rejected ({}): {}",
+                    self.numbers[*i], r.reason, r.detail
+                );
+                Ok(())
+            })
+            .collect()
     }
 }

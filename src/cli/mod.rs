@@ -2,6 +2,7 @@
 
 mod ceiling;
 mod import;
+pub mod ingest;
 pub mod reconcile;
 
 use std::io::Write;
@@ -32,7 +33,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the ingestion worker until SIGINT/SIGTERM (or --until-caught-up).
-    Ingest(crate::ingest::IngestArgs),
+    Ingest(ingest::IngestArgs),
     /// Publish signed development envelopes (or the lines of a JSONL file) to Kafka.
     Produce(crate::produce::ProduceArgs),
     /// Apply the embedded PostgreSQL migrations (idempotent).
@@ -121,7 +122,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Ingest(a) => crate::ingest::command(a, &config).await,
+        Command::Ingest(a) => ingest::command(a, &config).await,
         Command::Produce(a) => crate::produce::command(a, &config).await,
         Command::Migrate => {
             let pg = PgStore::connect(&config.postgres)

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry::names;
 
+pub use super::ledger::Assigned;
 pub use crate::partition::Partition;
 
 /// One consumed message, detached from librdkafka.
@@ -44,15 +45,6 @@ impl Record {
     pub fn size(&self) -> usize {
         self.value.as_ref().map_or(0, |v| v.len()) + self.key.as_ref().map_or(0, |k| k.len())
     }
-}
-
-/// A partition newly assigned to us.
-#[derive(Debug, Clone)]
-pub struct Assigned {
-    pub tp: Partition,
-    pub epoch: u64,
-    /// The group's committed offset (next offset to read), if any.
-    pub kafka_committed: Option<i64>,
 }
 
 /// Rebalance events for the main loop. The callback blocks until the reply/ack is sent (or the
@@ -188,7 +180,7 @@ impl IngestContext {
                     let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
                     epochs.insert(tp.clone(), epoch);
                     Assigned {
-                        tp: tp.clone(),
+                        partition: tp.clone(),
                         epoch,
                         kafka_committed: committed.get(tp).copied(),
                     }

@@ -6,50 +6,55 @@
 //! ```text
 //! poll thread ──records──▶ main loop (batcher) ──batches──▶ prepare ──checked──▶ writer ──┐
 //!      ▲  rebalance callbacks ──control──▶ main loop ◀────────── completions ─────────────┘
+//!                                            │ ledger (what may be committed) → committer
 //! ```
 //!
-//! - The poll thread owns librdkafka polling (see [`consumer`]); when the record queue stays full,
-//!   or the writer is backing off, it pauses the assignment and keeps polling only to serve
+//! - The poll thread owns librdkafka polling ([`consumer`]); when the record queue stays full, or
+//!   the writer is backing off, it pauses the assignment and keeps polling only to serve
 //!   rebalance callbacks.
 //! - The main loop batches, hands batches on while fewer than `batch.max_in_flight` are between
-//!   hand-off and commit, and handles rebalances and shutdown.
+//!   hand-off and completion, handles rebalances and shutdown, and owns the [`ledger`]: the one
+//!   place that knows which partitions are owned under which assignment, where each resumes and
+//!   what may be committed. Its [`committer`] is the only code that commits offsets.
 //! - `prepare` decodes and checks a batch (off the runtime) while the writer writes earlier ones.
-//! - The writer finishes batches in order; it runs up to `postgres.concurrent_batches` (2)
-//!   partition-disjoint PostgreSQL transactions at once, overlapped with the previous batch's LMDB
-//!   transaction (see [`writer`]). So it holds up to three batches, and keeping `prepare` busy as
-//!   well takes `batch.max_in_flight` = 4 (the default).
+//! - The [`writer`] finishes batches in order; it runs up to `postgres.concurrent_batches` (2)
+//!   partition-disjoint PostgreSQL phases at once ([`apply`], shared with `import`), overlapped
+//!   with the previous batch's LMDB transaction. So it holds up to three batches, and keeping
+//!   `prepare` busy as well takes `batch.max_in_flight` = 4 (the default).
 
+pub mod apply;
 pub mod backoff;
+pub mod committer;
 pub mod consumer;
-pub mod progress;
+pub mod ledger;
+pub mod report;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use rdkafka::consumer::Consumer;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BatchLimits, LaneBatcher, Push};
 use crate::config::{Config, StoreMode};
 use crate::dlq::DlqSink;
-use crate::envelope::Rejection;
+use crate::partition::Partition;
 use crate::pipeline::Checker;
-use crate::reason::Reason;
-use crate::store::{Outcome, Store};
+use crate::store::Store;
 use crate::telemetry::names;
 
-use consumer::{Assigned, Control, IngestConsumer, IngestContext, Partition, PauseFlags, Record};
-use progress::CatchUp;
-use writer::{Completion, Owned, Prepared, Verdict, WriteError, Writer};
+use apply::{Applier, RetryPolicy};
+use committer::Committer;
+use consumer::{Control, IngestConsumer, IngestContext, PauseFlags, Record};
+use ledger::{Assigned, Ledger};
+pub use report::IngestReport;
+use writer::{Completion, Prepared, WriteError, Writer};
 
 /// How `run` behaves.
 #[derive(Debug, Clone, Default)]
@@ -60,142 +65,6 @@ pub struct IngestOptions {
     /// Set once the consumer received its first assignment from the group (even an empty one) and
     /// cleared when the worker stops: the readiness endpoint's "joined the group".
     pub group_joined: Option<Arc<AtomicBool>>,
-}
-
-/// What a run did. `consumed` = the five outcomes + `abandoned`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IngestReport {
-    /// Messages taken from Kafka.
-    pub consumed: u64,
-    pub stored: u64,
-    pub duplicate: u64,
-    pub redelivered: u64,
-    pub replay: u64,
-    pub rejected: u64,
-    pub rejected_by_reason: BTreeMap<Reason, u64>,
-    /// Messages left uncommitted, without an outcome here: their partition was revoked (or the
-    /// shutdown deadline passed) first. They are read again by the partition's next owner.
-    pub abandoned: u64,
-    /// Dead-letter publishes acknowledged (≥ `rejected`'s share that reached the DLQ this run).
-    pub dlq_published: u64,
-    pub batches_committed: u64,
-    /// Attempts repeated after a transient failure.
-    pub retries: u64,
-    /// Unix time (µs) of the first and last offset commits, and the messages of the first
-    /// committed batch: the throughput "from the first commit until every offset is committed".
-    pub first_commit_us: u64,
-    pub last_commit_us: u64,
-    pub first_batch_messages: u64,
-}
-
-impl IngestReport {
-    pub fn outcome(&self, o: Outcome) -> u64 {
-        match o {
-            Outcome::Stored => self.stored,
-            Outcome::Duplicate => self.duplicate,
-            Outcome::Redelivered => self.redelivered,
-            Outcome::Replay => self.replay,
-        }
-    }
-
-    fn count_outcome(&mut self, o: Outcome) {
-        match o {
-            Outcome::Stored => self.stored += 1,
-            Outcome::Duplicate => self.duplicate += 1,
-            Outcome::Redelivered => self.redelivered += 1,
-            Outcome::Replay => self.replay += 1,
-        }
-    }
-
-    /// Messages per second between the first and the last commit (the first batch's messages
-    /// were handled before the clock started, so they are not counted). `None` with < 2 commits.
-    pub fn committed_per_s(&self) -> Option<f64> {
-        let span = self.last_commit_us.checked_sub(self.first_commit_us)?;
-        if span == 0 {
-            return None;
-        }
-        let messages = self.decided().saturating_sub(self.first_batch_messages);
-        Some(messages as f64 / (span as f64 / 1e6))
-    }
-
-    /// The report as one JSON object (`ingest --report-json`).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "consumed": self.consumed,
-            "outcomes": {
-                "stored": self.stored,
-                "duplicate": self.duplicate,
-                "redelivered": self.redelivered,
-                "replay": self.replay,
-                "rejected": self.rejected,
-            },
-            "rejected_by_reason": self.rejected_by_reason.iter().map(|(r, n)| (r.as_str(), *n)).collect::<BTreeMap<_, _>>(),
-            "abandoned": self.abandoned,
-            "dlq_published": self.dlq_published,
-            "batches_committed": self.batches_committed,
-            "retries": self.retries,
-            "committed_per_s": self.committed_per_s(),
-            "commit_span_s": (self.last_commit_us.saturating_sub(self.first_commit_us)) as f64 / 1e6,
-        })
-    }
-
-    /// Messages that reached an outcome.
-    pub fn decided(&self) -> u64 {
-        self.stored + self.duplicate + self.redelivered + self.replay + self.rejected
-    }
-
-    pub fn merge(&mut self, o: &IngestReport) {
-        self.consumed += o.consumed;
-        self.stored += o.stored;
-        self.duplicate += o.duplicate;
-        self.redelivered += o.redelivered;
-        self.replay += o.replay;
-        self.rejected += o.rejected;
-        for (k, v) in &o.rejected_by_reason {
-            *self.rejected_by_reason.entry(*k).or_default() += v;
-        }
-        self.abandoned += o.abandoned;
-        self.dlq_published += o.dlq_published;
-        self.batches_committed += o.batches_committed;
-        self.retries += o.retries;
-        if self.first_commit_us == 0
-            || (o.first_commit_us != 0 && o.first_commit_us < self.first_commit_us)
-        {
-            self.first_commit_us = o.first_commit_us;
-            self.first_batch_messages = o.first_batch_messages;
-        }
-        self.last_commit_us = self.last_commit_us.max(o.last_commit_us);
-    }
-}
-
-/// The outcome table (`ingest` prints it at exit, the demo shows it).
-impl fmt::Display for IngestReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<24} {:>10}", "outcome", "messages")?;
-        writeln!(f, "{:<24} {:>10}", "stored", self.stored)?;
-        writeln!(f, "{:<24} {:>10}", "duplicate", self.duplicate)?;
-        writeln!(f, "{:<24} {:>10}", "redelivered", self.redelivered)?;
-        writeln!(f, "{:<24} {:>10}", "replay (seth.caught)", self.replay)?;
-        writeln!(f, "{:<24} {:>10}", "rejected (to DLQ)", self.rejected)?;
-        for (reason, n) in &self.rejected_by_reason {
-            writeln!(f, "  {:<22} {:>10}", reason, n)?;
-        }
-        if self.abandoned > 0 {
-            writeln!(f, "{:<24} {:>10}", "left for next owner", self.abandoned)?;
-        }
-        writeln!(f, "{:<24} {:>10}", "total consumed", self.consumed)?;
-        writeln!(
-            f,
-            "{:<24} {:>10}",
-            "DLQ publishes acked", self.dlq_published
-        )?;
-        writeln!(
-            f,
-            "{:<24} {:>10}",
-            "batches committed", self.batches_committed
-        )?;
-        write!(f, "{:<24} {:>10}", "retries", self.retries)
-    }
 }
 
 /// Queue of records between the poll thread and the main loop. Small: the batcher is where
@@ -263,23 +132,18 @@ pub async fn run(
     let (prep_tx, prep_rx) = mpsc::channel::<(u64, Batch<Record>)>(max_in_flight);
     let (write_tx, write_rx) = mpsc::channel::<Prepared>(max_in_flight);
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let owned: Owned = Arc::new(Mutex::new(HashMap::new()));
-    let committed = Arc::new(Mutex::new(HashMap::new()));
+    let (ownership_tx, ownership_rx) = watch::channel(Arc::new(HashMap::new()));
     let abort = CancellationToken::new();
 
     let prepare = tokio::spawn(prepare_loop(prep_rx, write_tx, checker));
+    let applier = Applier::new(
+        store.clone(),
+        RetryPolicy::default(),
+        abort.clone(),
+        Some(pause.clone()),
+    );
     let writer = tokio::spawn(
-        Writer::new(
-            store.clone(),
-            dlq.clone(),
-            consumer.clone(),
-            owned.clone(),
-            committed.clone(),
-            pause.clone(),
-            abort.clone(),
-            concurrency,
-        )
-        .run(write_rx, done_tx),
+        Writer::new(applier, dlq.clone(), ownership_rx, concurrency).run(write_rx, done_tx),
     );
 
     let opts_joined = opts.group_joined.clone();
@@ -288,14 +152,13 @@ pub async fn run(
         store,
         opts,
         consumer: consumer.clone(),
-        owned,
-        committed,
+        committer: Committer::new(consumer.clone()),
+        ledger: Ledger::default(),
+        ownership: ownership_tx,
         pause,
         batcher: LaneBatcher::new(BatchLimits::from_config(&config.batch), concurrency),
-        in_flight: BTreeMap::new(),
         next_batch: 0,
         max_in_flight,
-        catch_up: CatchUp::default(),
         report: IngestReport::default(),
         last_log: (Instant::now(), IngestReport::default()),
         last_recommit: Instant::now(),
@@ -376,13 +239,14 @@ async fn prepare_loop(
         let records = batch.records;
         let checker = checker.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            let verdicts = check_all(&checker, &records);
+            let values: Vec<_> = records.iter().map(|r| r.value.clone()).collect();
+            let verdicts = checker.check_each(&values, chrono::Utc::now());
             (records, verdicts)
         })
         .await;
         let (records, verdicts) = match checked {
             Ok(v) => v,
-            // check_all catches panics per message; a JoinError here means the runtime is
+            // check_each catches panics per message; a JoinError here means the runtime is
             // shutting down, and the batch stays uncommitted.
             Err(e) => {
                 tracing::error!(error = %e, "message check task failed");
@@ -403,69 +267,21 @@ async fn prepare_loop(
     }
 }
 
-/// One verdict per record. A panic in the checks (a decoder bug some input triggers) must not
-/// take the worker down nor lose the message: the batch is re-checked message by message and a
-/// message that panics on its own is rejected as `internal_error`.
-fn check_all(checker: &Checker, records: &[Record]) -> Vec<Verdict> {
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    let now = chrono::Utc::now();
-    let run = |rs: &[Record]| -> Vec<Verdict> {
-        let values: Vec<Bytes> = rs.iter().filter_map(|r| r.value.clone()).collect();
-        let mut checked = checker.check(values, now).into_iter();
-        rs.iter()
-            .map(|r| match r.value {
-                // A tombstone carries nothing to decode.
-                None => Err(Rejection::new(
-                    Reason::NullValue,
-                    "Kafka message without a value (tombstone)",
-                )),
-                Some(_) => match checked.next() {
-                    Some(Ok(env)) => Ok(env),
-                    Some(Err(rej)) => Err(rej),
-                    None => Err(Rejection::new(
-                        Reason::InternalError,
-                        "no verdict for this message",
-                    )),
-                },
-            })
-            .collect()
-    };
-    match catch_unwind(AssertUnwindSafe(|| run(records))) {
-        Ok(v) => v,
-        Err(_) => records
-            .iter()
-            .map(|r| match catch_unwind(AssertUnwindSafe(|| run(std::slice::from_ref(r)))) {
-                Ok(mut v) => v.pop().unwrap_or_else(|| Err(Rejection::new(Reason::InternalError, "no verdict"))),
-                Err(p) => {
-                    let what = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(partition = %r.tp, offset = r.offset, panic = %what, "message check panicked; rejecting the message");
-                    Err(Rejection::new(Reason::InternalError, format!("message check panicked: {what}")))
-                }
-            })
-            .collect(),
-    }
-}
-
 struct MainLoop<'a> {
     config: &'a Config,
     store: Store,
     opts: IngestOptions,
     consumer: Arc<IngestConsumer>,
-    owned: Owned,
-    committed: Arc<Mutex<HashMap<Partition, i64>>>,
+    committer: Committer,
+    ledger: Ledger,
+    /// Publishes the ledger's ownership to the writer after every change.
+    ownership: watch::Sender<Arc<HashMap<Partition, u64>>>,
     pause: Arc<PauseFlags>,
     /// One lane per batch the writer may have in PostgreSQL at once: batches of different lanes
     /// share no partition, so they can be written concurrently.
     batcher: LaneBatcher<Partition, Record>,
-    /// Batches between hand-off and completion, with the partitions each holds.
-    in_flight: BTreeMap<u64, HashSet<Partition>>,
     next_batch: u64,
     max_in_flight: usize,
-    catch_up: CatchUp,
     report: IngestReport,
     last_log: (Instant, IngestReport),
     last_recommit: Instant,
@@ -505,19 +321,19 @@ impl MainLoop<'_> {
         loop {
             let now = Instant::now();
             if let Some(deadline) = drain_deadline {
-                if self.batcher.is_empty() && self.in_flight.is_empty() {
+                if self.batcher.is_empty() && self.ledger.in_flight() == 0 {
                     break;
                 }
                 if now >= deadline {
                     tracing::warn!(
-                        in_flight = self.in_flight.len(),
+                        in_flight = self.ledger.in_flight(),
                         held = self.batcher.held(),
                         "shutdown deadline reached with work unfinished; leaving it uncommitted (it is read again on restart)"
                     );
                     break;
                 }
             }
-            let can_hand_off = self.in_flight.len() < self.max_in_flight
+            let can_hand_off = self.ledger.in_flight() < self.max_in_flight
                 && !self.batcher.is_empty()
                 && (self.batcher.is_due(now) || stopping.is_some());
             // Wake for a linger deadline still ahead. One already passed while the batch cannot be
@@ -542,8 +358,7 @@ impl MainLoop<'_> {
                 res = &mut writer, if self.writer_result.is_none() => {
                     let res = res.unwrap_or_else(|e| Err(WriteError::Fatal(format!("writer task failed: {e}"))));
                     match &res {
-                        Ok(()) => {}
-                        Err(WriteError::Aborted) => {}
+                        Ok(()) | Err(WriteError::Aborted) => {}
                         Err(WriteError::Fatal(msg)) => fatal = Some(anyhow::anyhow!("{msg}")),
                     }
                     self.writer_result = Some(res);
@@ -581,12 +396,11 @@ impl MainLoop<'_> {
                         self.log_progress();
                     }
                     // Kafka's committed offsets must reach our positions even when a commit failed
-                    // (they do during a rebalance) and no new batch follows: re-commit them after
+                    // (they do during a rebalance) and no new batch follows: commit them again after
                     // a reported failure and, as a backstop, every few seconds.
-                    let failed = self.consumer.context().commit_failed.swap(false, Ordering::SeqCst);
-                    if failed || self.last_recommit.elapsed() >= RECOMMIT_EVERY {
+                    if self.committer.take_failure() || self.last_recommit.elapsed() >= RECOMMIT_EVERY {
                         self.last_recommit = Instant::now();
-                        self.recommit();
+                        self.committer.commit_async(&self.ledger.positions());
                     }
                     if self.opts.until_caught_up && stopping.is_none() && self.check_caught_up().await {
                         tracing::info!("caught up with the high watermarks measured at assignment; stopping");
@@ -620,7 +434,10 @@ impl MainLoop<'_> {
         }
         self.report.abandoned += self.batcher.held() as u64;
         metrics::counter!(names::ABANDONED).increment(self.batcher.held() as u64);
-        self.final_commit().await;
+        let positions = self.ledger.positions();
+        self.committer
+            .commit_sync(positions, self.remaining(Duration::from_secs(10)))
+            .await;
         self.log_progress();
         match fatal {
             Some(e) => Err(e),
@@ -639,11 +456,17 @@ impl MainLoop<'_> {
         }
     }
 
+    fn publish_ownership(&self) {
+        self.ownership
+            .send_replace(Arc::new(self.ledger.ownership()));
+        metrics::gauge!(names::ASSIGNED_PARTITIONS).set(self.ledger.assigned_count() as f64);
+    }
+
     fn on_record(&mut self, record: Record) {
         self.report.consumed += 1;
         metrics::counter!(names::MESSAGES_CONSUMED, "topic" => record.tp.topic.to_string())
             .increment(1);
-        if lock(&self.owned).get(&record.tp) != Some(&record.epoch) {
+        if !self.ledger.owns(&record.tp, record.epoch) {
             // Polled under an earlier assignment of a partition revoked since: its next owner
             // (or our own new assignment, which resumed from the stores) reads it again.
             self.report.abandoned += 1;
@@ -666,19 +489,37 @@ impl MainLoop<'_> {
         self.next_batch += 1;
         metrics::histogram!(names::BATCH_RECORDS).record(batch.records.len() as f64);
         metrics::histogram!(names::BATCH_BYTES).record(batch.bytes as f64);
-        let tps: HashSet<Partition> = batch.records.iter().map(|r| r.tp.clone()).collect();
-        self.in_flight.insert(id, tps);
-        metrics::gauge!(names::IN_FLIGHT_BATCHES).set(self.in_flight.len() as f64);
+        let partitions: BTreeSet<Partition> = batch.records.iter().map(|r| r.tp.clone()).collect();
+        self.ledger.start(id, partitions);
+        metrics::gauge!(names::IN_FLIGHT_BATCHES).set(self.ledger.in_flight() as f64);
         permit.send((id, batch));
     }
 
+    /// A batch is in both stores: commit what the ledger allows, count it.
     fn on_completion(&mut self, c: Completion) {
-        self.in_flight.remove(&c.id);
-        metrics::gauge!(names::IN_FLIGHT_BATCHES).set(self.in_flight.len() as f64);
-        for (tp, next) in &c.committed {
-            self.catch_up.on_commit(tp, *next);
-        }
+        let offsets = self.ledger.complete(c.id, &c.decided);
+        metrics::gauge!(names::IN_FLIGHT_BATCHES).set(self.ledger.in_flight() as f64);
         self.report.merge(&c.report);
+        if offsets.is_empty() {
+            return;
+        }
+        self.committer.commit_async(&offsets);
+        metrics::counter!(names::BATCHES_COMMITTED).increment(1);
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(names::LAST_COMMIT).set(now_s);
+        let e2e = metrics::histogram!(names::END_TO_END_SECONDS);
+        for ts in &c.timestamps_ms {
+            e2e.record((now_s - *ts as f64 / 1000.0).max(0.0));
+        }
+        self.report.batches_committed += 1;
+        let now_us = (now_s * 1e6) as u64;
+        if self.report.first_commit_us == 0 {
+            self.report.first_commit_us = now_us;
+            self.report.first_batch_messages = c.messages;
+        }
+        self.report.last_commit_us = now_us;
     }
 
     async fn on_control(
@@ -705,7 +546,7 @@ impl MainLoop<'_> {
     }
 
     async fn on_assign(&mut self, partitions: &[Assigned]) -> HashMap<Partition, Option<i64>> {
-        let keys: Vec<Partition> = partitions.iter().map(|a| a.tp.clone()).collect();
+        let keys: Vec<Partition> = partitions.iter().map(|a| a.partition.clone()).collect();
         let applied = match tokio::time::timeout(
             ASSIGN_STORE_TIMEOUT,
             self.store.applied_offsets(&keys),
@@ -722,53 +563,30 @@ impl MainLoop<'_> {
                 HashMap::new()
             }
         };
-        let mut out = HashMap::with_capacity(partitions.len());
-        {
-            let mut owned = lock(&self.owned);
-            // A position remembered from an earlier ownership of a partition is stale: another
-            // worker may have moved it on since. Committed again (re-commit, final commit) before our
-            // first batch of the new assignment, it would move the group's offset back.
-            let mut committed = lock(&self.committed);
-            for a in partitions {
-                committed.remove(&a.tp);
-                let stored = applied.get(&a.tp).copied();
-                let start = progress::resume_offset(stored, a.kafka_committed);
-                tracing::info!(partition = %a.tp, store_applied = ?stored, kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
-                // The stores may be ahead of Kafka's committed offset (a worker killed between
-                // the store and Kafka commits): remember the resume point as our position, so the
-                // re-commit brings the group's offset (and lag) up to it even if no new message
-                // arrives on this partition.
-                if let Some(s) = start {
-                    if a.kafka_committed.is_none_or(|k| k < s) {
-                        committed.insert(a.tp.clone(), s);
-                    }
-                }
-                owned.insert(a.tp.clone(), a.epoch);
-                self.catch_up.on_assign(&a.tp, start);
-                out.insert(a.tp.clone(), start);
-            }
-            drop(committed);
-            metrics::gauge!(names::ASSIGNED_PARTITIONS).set(owned.len() as f64);
+        let starts = self.ledger.assign(partitions, &applied);
+        for (a, (_, start)) in partitions.iter().zip(&starts) {
+            tracing::info!(partition = %a.partition, store_applied = ?applied.get(&a.partition), kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
         }
+        self.publish_ownership();
         if let Some(joined) = &self.opts.group_joined {
             joined.store(true, Ordering::SeqCst);
         }
         if self.opts.until_caught_up {
-            let tps: Vec<Partition> = partitions.iter().map(|a| a.tp.clone()).collect();
-            self.fetch_targets(tps).await;
+            self.fetch_targets(keys).await;
         }
-        out
+        starts.into_iter().collect()
     }
 
     /// Measures high watermarks for partitions that have no catch-up target yet.
-    async fn fetch_targets(&mut self, tps: Vec<Partition>) {
+    async fn fetch_targets(&mut self, partitions: Vec<Partition>) {
         let consumer = self.consumer.clone();
         let measured = tokio::task::spawn_blocking(move || {
-            tps.into_iter()
-                .filter_map(|tp| match consumer.fetch_watermarks(&tp.topic, tp.number, WATERMARK_TIMEOUT) {
-                    Ok((low, high)) => Some((tp, low, high)),
+            partitions
+                .into_iter()
+                .filter_map(|p| match consumer.fetch_watermarks(&p.topic, p.number, WATERMARK_TIMEOUT) {
+                    Ok((low, high)) => Some((p, low, high)),
                     Err(e) => {
-                        tracing::warn!(partition = %tp, error = %e, "cannot read the watermarks (retrying)");
+                        tracing::warn!(partition = %p, error = %e, "cannot read the watermarks (retrying)");
                         None
                     }
                 })
@@ -776,22 +594,17 @@ impl MainLoop<'_> {
         })
         .await
         .unwrap_or_default();
-        for (tp, low, high) in measured {
-            self.catch_up.set_watermarks(&tp, low, high);
+        for (p, low, high) in measured {
+            self.ledger.set_watermarks(&p, low, high);
         }
     }
 
     async fn check_caught_up(&mut self) -> bool {
-        let assigned: Vec<Partition> = lock(&self.owned).keys().cloned().collect();
-        let missing: Vec<Partition> = assigned
-            .iter()
-            .filter(|tp| !self.catch_up.has_target(tp))
-            .cloned()
-            .collect();
+        let missing = self.ledger.without_target();
         if !missing.is_empty() {
             self.fetch_targets(missing).await;
         }
-        self.catch_up.caught_up(assigned.iter())
+        self.ledger.caught_up()
     }
 
     async fn on_revoke(
@@ -800,9 +613,8 @@ impl MainLoop<'_> {
         lost: bool,
         done_rx: &mut mpsc::UnboundedReceiver<Completion>,
     ) {
-        let revoked: HashSet<&Partition> = partitions.iter().collect();
         let before = self.batcher.held();
-        self.batcher.retain(|r| !revoked.contains(&r.tp));
+        self.batcher.retain(|r| !partitions.contains(&r.tp));
         self.report.abandoned += (before - self.batcher.held()) as u64;
         metrics::counter!(names::ABANDONED).increment((before - self.batcher.held()) as u64);
 
@@ -811,108 +623,34 @@ impl MainLoop<'_> {
             // (validated shorter than the session timeout at start-up).
             let deadline = tokio::time::Instant::now()
                 + Duration::from_millis(self.config.kafka.drain_timeout_ms);
-            while self
-                .in_flight
-                .values()
-                .any(|tps| tps.iter().any(|tp| revoked.contains(tp)))
-            {
+            while self.ledger.holds_any(partitions) {
                 tokio::select! {
                     c = done_rx.recv() => match c {
                         Some(c) => self.on_completion(c),
                         None => break,
                     },
                     _ = tokio::time::sleep_until(deadline) => {
-                        tracing::warn!(partitions = ?partitions.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "revocation drain deadline reached; abandoning the unfinished batches of these partitions (uncommitted)");
+                        tracing::warn!(partitions = ?partitions.iter().map(ToString::to_string).collect::<Vec<_>>(), "revocation drain deadline reached; abandoning the unfinished batches of these partitions (uncommitted)");
                         break;
                     }
                 }
             }
         }
-        {
-            // From here on the writer neither writes nor commits for these partitions.
-            let mut owned = lock(&self.owned);
-            for tp in partitions {
-                owned.remove(tp);
-            }
-            metrics::gauge!(names::ASSIGNED_PARTITIONS).set(owned.len() as f64);
-        }
-        for tp in partitions {
-            metrics::gauge!(names::CONSUMER_LAG, "topic" => tp.topic.to_string(), "partition" => tp.number.to_string()).set(0.0);
+        // From here on nothing is committed for these partitions, and the writer leaves their
+        // messages alone.
+        let positions = self.ledger.revoke(partitions);
+        self.publish_ownership();
+        for p in partitions {
+            metrics::gauge!(names::CONSUMER_LAG, "topic" => p.topic.to_string(), "partition" => p.number.to_string()).set(0.0);
         }
         if !lost {
             // Async commits may still be on their way: make the last ones durable before the next
             // owner reads the group's offsets.
-            let offsets: Vec<(Partition, i64)> = {
-                let c = lock(&self.committed);
-                partitions
-                    .iter()
-                    .filter_map(|tp| c.get(tp).map(|o| (tp.clone(), *o)))
-                    .collect()
-            };
-            self.commit_sync(offsets).await;
+            self.committer
+                .commit_sync(positions, self.remaining(Duration::from_secs(10)))
+                .await;
         }
-        tracing::info!(partitions = ?partitions.iter().map(|t| t.to_string()).collect::<Vec<_>>(), lost, "partitions revoked");
-    }
-
-    /// The last committed position of every partition this worker owns.
-    fn owned_positions(&self) -> Vec<(Partition, i64)> {
-        let owned = lock(&self.owned);
-        let c = lock(&self.committed);
-        c.iter()
-            .filter(|(tp, _)| owned.contains_key(*tp))
-            .map(|(tp, o)| (tp.clone(), *o))
-            .collect()
-    }
-
-    /// Commits the positions of the owned partitions again (asynchronously) after a failed commit.
-    fn recommit(&self) {
-        let offsets = self.owned_positions();
-        if offsets.is_empty() {
-            return;
-        }
-        tracing::debug!(
-            partitions = offsets.len(),
-            "committing the current positions again"
-        );
-        if let Err(e) = self
-            .consumer
-            .commit(&offset_list(&offsets), CommitMode::Async)
-        {
-            self.consumer
-                .context()
-                .commit_failed
-                .store(true, Ordering::SeqCst);
-            tracing::warn!(error = %e, "offset re-commit failed; trying again shortly");
-        }
-    }
-
-    async fn final_commit(&mut self) {
-        let offsets = self.owned_positions();
-        self.commit_sync(offsets).await;
-    }
-
-    async fn commit_sync(&self, offsets: Vec<(Partition, i64)>) {
-        if offsets.is_empty() {
-            return;
-        }
-        let tpl = offset_list(&offsets);
-        let consumer = self.consumer.clone();
-        let started = Instant::now();
-        let res = tokio::time::timeout(
-            self.remaining(Duration::from_secs(10)),
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)),
-        )
-        .await;
-        match res {
-            Ok(Ok(Ok(()))) => {
-                metrics::histogram!(names::STAGE_SECONDS, "stage" => "commit")
-                    .record(started.elapsed().as_secs_f64());
-            }
-            // The stores hold the applied offsets: nothing is lost, a restart resumes from them.
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "synchronous offset commit failed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "synchronous offset commit task failed"),
-            Err(_) => tracing::warn!("synchronous offset commit timed out"),
-        }
+        tracing::info!(partitions = ?partitions.iter().map(ToString::to_string).collect::<Vec<_>>(), lost, "partitions revoked");
     }
 
     fn log_progress(&mut self) {
@@ -920,7 +658,6 @@ impl MainLoop<'_> {
         let secs = since.elapsed().as_secs_f64().max(1e-3);
         let r = &self.report;
         let rate = (r.consumed - prev.consumed) as f64 / secs;
-        let assigned = lock(&self.owned).len();
         tracing::info!(
             rate_per_s = format!("{rate:.0}"),
             consumed = r.consumed,
@@ -929,8 +666,8 @@ impl MainLoop<'_> {
             redelivered = r.redelivered,
             replay = r.replay,
             rejected = r.rejected,
-            in_flight = self.in_flight.len(),
-            assigned,
+            in_flight = self.ledger.in_flight(),
+            assigned = self.ledger.assigned_count(),
             retries = r.retries,
             "ingest progress"
         );
@@ -943,97 +680,4 @@ async fn sleep_until_opt(t: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `nekhebet-store ingest` arguments (the CLI adds this as a subcommand).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct IngestArgs {
-    /// Exit once every assigned partition is committed up to the high watermark it had when it was
-    /// assigned (back-fills, the demo, benchmarks), instead of running until SIGINT/SIGTERM.
-    #[arg(long)]
-    pub until_caught_up: bool,
-    /// Print the final report as one JSON object instead of the table (benchmarks).
-    #[arg(long)]
-    pub report_json: bool,
-}
-
-/// The `ingest` command: opens the store, serves /metrics, /healthz and /readyz on
-/// `telemetry.listen`, runs the worker until SIGINT/SIGTERM (or until caught up), prints the
-/// outcome table. Exit code 0 after a graceful stop; an error (non-zero) when the worker had to
-/// stop on a failure it cannot retry.
-pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::process::ExitCode> {
-    let store = Store::open(config).await.context("opening the store")?;
-    let shutdown = shutdown_on_signals();
-    let health = crate::telemetry::Health::new(store.clone());
-    if !config.telemetry.listen.is_empty() {
-        let handle = crate::telemetry::install_metrics()?;
-        let addr = crate::telemetry::serve(
-            &config.telemetry.listen,
-            handle,
-            health.clone(),
-            shutdown.child_token(),
-        )
-        .await?;
-        tracing::info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
-    }
-    let report = run(
-        config,
-        store,
-        IngestOptions {
-            until_caught_up: args.until_caught_up,
-            group_joined: Some(health.consumer_joined.clone()),
-        },
-        shutdown,
-    )
-    .await?;
-    if args.report_json {
-        println!("{}", report.to_json());
-    } else {
-        println!("{report}");
-    }
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Used by the `ingest` command: a shutdown token cancelled on SIGINT or SIGTERM.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers; stop with SIGKILL");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        t.cancel();
-    });
-    token
-}
-
-/// The offsets to commit as librdkafka's list (a partition it cannot take is logged and skipped).
-fn offset_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for (tp, o) in offsets {
-        if let Err(e) = tpl.add_partition_offset(&tp.topic, tp.number, Offset::Offset(*o)) {
-            tracing::warn!(partition = %tp, error = %e, "cannot build the offset commit");
-        }
-    }
-    tpl
 }

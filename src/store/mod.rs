@@ -163,40 +163,6 @@ impl Store {
         }
     }
 
-    /// Like [`Store::save_batch`], but when the database refuses the batch because of the content
-    /// of a message ([`ErrorClass::Message`]), splits it in halves until the refused messages are
-    /// isolated: those get `Err(database message)`, all others are saved. Transient and fatal
-    /// errors are returned as they are (nothing was committed for the failing part).
-    pub async fn save_batch_isolating(
-        &self,
-        items: &[Item],
-    ) -> Result<Vec<Result<Outcome, String>>, StoreError> {
-        let mut out: Vec<Result<Outcome, String>> = Vec::with_capacity(items.len());
-        // Explicit stack of ranges, processed left to right so outcomes stay in item order and
-        // "first one wins" keeps its meaning.
-        let mut stack = vec![(0, items.len())];
-        while let Some((lo, hi)) = stack.pop() {
-            if lo == hi {
-                continue;
-            }
-            match self.save_batch(&items[lo..hi]).await {
-                Ok(outcomes) => out.extend(outcomes.into_iter().map(Ok)),
-                Err(e) if e.class() == ErrorClass::Message => {
-                    if hi - lo == 1 {
-                        tracing::warn!(error = %e, id = %items[lo].envelope.header.id, "the database refused one message");
-                        out.push(Err(e.to_string()));
-                    } else {
-                        let mid = lo + (hi - lo) / 2;
-                        stack.push((mid, hi));
-                        stack.push((lo, mid));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
     /// Applied offsets for these partitions: for the hybrid store the lower of PostgreSQL's and
     /// LMDB's, so a crash between the two commits is replayed (and healed) on restart.
     pub async fn applied_offsets(

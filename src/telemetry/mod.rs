@@ -18,6 +18,18 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{LogConfig, LogFormat};
 use crate::store::Store;
 
+/// Masks an identifier the way nekhebet-core does in logs (key_id, nonce of a caught replay): the
+/// first and last 4 characters.
+pub fn mask(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= 8 {
+        return "*".repeat(chars.len().max(4));
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail}")
+}
+
 /// Sets up `tracing` from `log.level` (or `RUST_LOG`, which wins) and `log.format`. Logs go to
 /// stderr so stdout stays free for command output.
 pub fn init_tracing(cfg: &LogConfig) {
@@ -170,5 +182,18 @@ async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"ready": false, "missing": missing})),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_like_nekhebet_core() {
+        assert_eq!(mask("collector-0"), "coll...or-0");
+        assert_eq!(mask("4787d53b6655635cde0bf21ee843fcfe"), "4787...fcfe");
+        assert_eq!(mask("short"), "*****");
+        assert_eq!(mask("ab"), "****");
     }
 }

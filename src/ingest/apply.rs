@@ -1,0 +1,457 @@
+//! Applying a checked batch to PostgreSQL (the authority), shared by the Kafka worker and `import`:
+//! one implementation of the retry/backoff and of the isolation of a message the database refuses.
+//!
+//! Order inside a batch matters, because the stores record each partition's highest applied
+//! offset in the batch's own transaction: a message refused below that offset must be durable in
+//! the dead-letter sink before the transaction commits, or a crash in between would skip it. So:
+//!
+//! 1. rejections from the checks go to the sink first (retried until acknowledged);
+//! 2. the valid messages are saved in one PostgreSQL transaction, retried with backoff while the
+//!    failure is transient (nothing committed, consumption paused);
+//! 3. an error caused by the content of a message splits the batch, left half first (so a
+//!    partition's applied offset never passes an undecided message), until the message is alone;
+//!    it is then dead-lettered `store_rejected` and the rest is saved.
+//!
+//! A message of a partition that is no longer ours (revoked meanwhile) is dropped before each
+//! attempt: its next owner decides it, exactly once thanks to the stored offsets.
+//! The LMDB phase of the saved parts is the caller's (the worker pipelines it with the next batch).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::consumer::PauseFlags;
+use super::report::IngestReport;
+use crate::dlq::DlqError;
+use crate::envelope::{Envelope, Rejection};
+use crate::partition::Position;
+use crate::reason::Reason;
+use crate::store::{ErrorClass, Item, LmdbError, Outcome, PgPhase, Store, StoreError};
+use crate::telemetry::{mask, names};
+
+/// Where the messages of a batch came from and where its refused ones go.
+pub trait Sink: Sync {
+    /// Whether message `i` is still this process's to decide: the worker leaves a revoked
+    /// partition's messages to their next owner; `import` owns everything.
+    fn owns(&self, i: usize) -> bool;
+    /// The Kafka position of message `i` (`import` has none).
+    fn position(&self, i: usize) -> Option<&Position>;
+    /// Makes these refusals durable (the dead-letter topic acknowledged them): one result per
+    /// refusal, in order. A failed one is retried with backoff.
+    fn reject(
+        &self,
+        refused: &[(usize, &Rejection)],
+    ) -> impl Future<Output = Vec<Result<(), DlqError>>> + Send;
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Pending,
+    Done(Outcome),
+    Rejected(Reason),
+    /// Its partition was revoked (or the batch abandoned) before it was decided: no outcome here,
+    /// never committed; the partition's next owner reads it again.
+    Abandoned,
+}
+
+/// A batch after its PostgreSQL phase: every message's fate is decided.
+pub struct Applied {
+    pub fates: Vec<Fate>,
+    /// The parts PostgreSQL committed, in commit order, with what their LMDB phase needs.
+    pub saved: Vec<(Vec<Item>, PgPhase)>,
+    pub report: IngestReport,
+}
+
+/// Why applying stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Neither retrying nor isolating a message helps (schema missing, permission denied, a bug,
+    /// or a limit of retries reached): stop loudly without committing.
+    #[error("{0}")]
+    Fatal(String),
+    /// Hard stop (shutdown deadline): the batch is left uncommitted.
+    #[error("aborted")]
+    Aborted,
+}
+
+/// Retry delays for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    /// Attempts before giving up (`import`); `None`: until it works or a hard stop (the worker).
+    pub attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            attempts: None,
+        }
+    }
+}
+
+/// Valid items still to save, with their indexes in the batch.
+struct Chunk {
+    idx: Vec<usize>,
+    items: Vec<Item>,
+}
+
+/// Applies batches; see the module docs. Cheap to clone (one per batch in flight).
+#[derive(Clone)]
+pub struct Applier {
+    store: Store,
+    retry: RetryPolicy,
+    rng: StdRng,
+    /// Hard stop: give up the current batch (uncommitted) and return.
+    abort: CancellationToken,
+    /// The worker pauses consumption while it backs off.
+    pause: Option<Arc<PauseFlags>>,
+}
+
+impl Applier {
+    pub fn new(
+        store: Store,
+        retry: RetryPolicy,
+        abort: CancellationToken,
+        pause: Option<Arc<PauseFlags>>,
+    ) -> Applier {
+        Applier {
+            store,
+            retry,
+            rng: StdRng::from_entropy(),
+            abort,
+            pause,
+        }
+    }
+
+    /// A copy with its own random source (jitter must differ between concurrent batches).
+    pub fn fork(&self) -> Applier {
+        let mut a = self.clone();
+        a.rng = StdRng::from_entropy();
+        a
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The PostgreSQL phase of a batch: `verdicts[i]` is message `i`'s check result.
+    pub async fn apply<S: Sink>(
+        &mut self,
+        verdicts: Vec<Result<Envelope, Rejection>>,
+        sink: &S,
+    ) -> Result<Applied, ApplyError> {
+        let n = verdicts.len();
+        let mut applied = Applied {
+            fates: vec![Fate::Pending; n],
+            saved: Vec::new(),
+            report: IngestReport::default(),
+        };
+        let mut refused = Vec::new();
+        let mut chunk = Chunk {
+            idx: Vec::with_capacity(n),
+            items: Vec::with_capacity(n),
+        };
+        for (i, verdict) in verdicts.into_iter().enumerate() {
+            match verdict {
+                Ok(envelope) => {
+                    chunk.idx.push(i);
+                    chunk.items.push(Item {
+                        envelope,
+                        pos: sink.position(i).cloned(),
+                    });
+                }
+                Err(rejection) => refused.push((i, rejection)),
+            }
+        }
+        self.reject(sink, refused, &mut applied).await?;
+        self.save_isolating(sink, chunk, &mut applied).await?;
+        Ok(applied)
+    }
+
+    /// Hands the refusals to the sink, retrying failures until each is acknowledged or its
+    /// message is no longer ours.
+    async fn reject<S: Sink>(
+        &mut self,
+        sink: &S,
+        mut todo: Vec<(usize, Rejection)>,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        let mut backoff = self.backoff();
+        loop {
+            todo.retain(|(i, _)| {
+                let keep = sink.owns(*i);
+                if !keep {
+                    applied.fates[*i] = Fate::Abandoned;
+                }
+                keep
+            });
+            if todo.is_empty() {
+                break;
+            }
+            let results = {
+                let refs: Vec<(usize, &Rejection)> = todo.iter().map(|(i, r)| (*i, r)).collect();
+                sink.reject(&refs).await
+            };
+            let mut failed = Vec::new();
+            let mut first_error = None;
+            for ((i, r), result) in todo.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        applied.report.dlq_published += 1;
+                        applied.fates[i] = Fate::Rejected(r.reason);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        failed.push((i, r));
+                    }
+                }
+            }
+            todo = failed;
+            if let Some(e) = first_error {
+                if e.is_retriable() {
+                    tracing::warn!(error = %e, pending = todo.len(), "dead-letter publish failed; retrying (offsets do not move)");
+                } else {
+                    tracing::error!(error = %e, pending = todo.len(), "dead-letter topic refuses writes; retrying until it accepts (offsets do not move)");
+                }
+                self.back_off(&mut backoff, e.cause(), &mut applied.report)
+                    .await?;
+            }
+        }
+        self.recovered(&backoff);
+        Ok(())
+    }
+
+    /// Saves the valid items; a database error caused by the data of one message (not a
+    /// transient one) splits the chunk until that message is alone, then it is dead-lettered.
+    async fn save_isolating<S: Sink>(
+        &mut self,
+        sink: &S,
+        chunk: Chunk,
+        applied: &mut Applied,
+    ) -> Result<(), ApplyError> {
+        // Depth-first, left half first: items are saved in consumption order, so a partition's
+        // applied offset never passes a message that is still undecided.
+        let mut stack = vec![chunk];
+        while let Some(mut chunk) = stack.pop() {
+            match self.save_with_retry(sink, &mut chunk, applied).await? {
+                None => {}
+                Some(e) if chunk.items.len() == 1 => {
+                    let i = chunk.idx[0];
+                    match sink.position(i) {
+                        Some(p) => {
+                            tracing::warn!(position = %p, error = %e, "the database refuses this message; dead-lettering it")
+                        }
+                        None => {
+                            tracing::warn!(id = %chunk.items[0].envelope.header.id, error = %e, "the database refuses this message")
+                        }
+                    }
+                    let refusal = Rejection::new(Reason::StoreRejected, e.to_string());
+                    self.reject(sink, vec![(i, refusal)], applied).await?;
+                }
+                Some(_) => {
+                    let mid = chunk.items.len() / 2;
+                    let right = Chunk {
+                        idx: chunk.idx.split_off(mid),
+                        items: chunk.items.split_off(mid),
+                    };
+                    stack.push(right);
+                    stack.push(chunk);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One PostgreSQL phase with retries on transient errors. `Ok(None)`: saved, fates set, the
+    /// part queued for LMDB. `Ok(Some(e))`: a data error to isolate.
+    async fn save_with_retry<S: Sink>(
+        &mut self,
+        sink: &S,
+        chunk: &mut Chunk,
+        applied: &mut Applied,
+    ) -> Result<Option<StoreError>, ApplyError> {
+        let mut backoff = self.backoff();
+        loop {
+            // Drop what is no longer ours before each attempt: after a revocation the next owner
+            // writes it (the stores' offsets make that exactly-once either way).
+            let mut k = 0;
+            while k < chunk.items.len() {
+                let i = chunk.idx[k];
+                if sink.owns(i) {
+                    k += 1;
+                } else {
+                    applied.fates[i] = Fate::Abandoned;
+                    chunk.idx.remove(k);
+                    chunk.items.remove(k);
+                }
+            }
+            if chunk.items.is_empty() {
+                self.recovered(&backoff);
+                return Ok(None);
+            }
+            match self.store.save_postgres(&chunk.items).await {
+                Ok(phase) => {
+                    if phase.outcomes.len() != chunk.items.len() {
+                        return Err(ApplyError::Fatal(format!(
+                            "internal error: the store returned {} outcomes for {} envelopes",
+                            phase.outcomes.len(),
+                            chunk.items.len()
+                        )));
+                    }
+                    for ((&i, item), &o) in chunk.idx.iter().zip(&chunk.items).zip(&phase.outcomes)
+                    {
+                        if o == Outcome::Replay {
+                            let h = &item.envelope.header;
+                            tracing::warn!(
+                                key_id = %mask(&h.key_id),
+                                nonce = %mask(&h.nonce),
+                                event_type = %h.event_type,
+                                position = ?sink.position(i).map(ToString::to_string),
+                                "replay caught (seth.caught): (key_id, nonce) already used by another envelope"
+                            );
+                        }
+                        applied.fates[i] = Fate::Done(o);
+                    }
+                    applied
+                        .saved
+                        .push((std::mem::take(&mut chunk.items), phase));
+                    self.recovered(&backoff);
+                    return Ok(None);
+                }
+                Err(e) => match e.class() {
+                    ErrorClass::Transient => {
+                        self.retrying(&e, chunk.items.len());
+                        self.back_off(&mut backoff, e.cause(), &mut applied.report)
+                            .await?;
+                    }
+                    ErrorClass::Message => {
+                        self.recovered(&backoff);
+                        return Ok(Some(e));
+                    }
+                    ErrorClass::Fatal => {
+                        tracing::error!(error = %e, cause = e.cause(), "store write failed and retrying cannot help; stopping without committing");
+                        return Err(ApplyError::Fatal(format!("store: {e}")));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The LMDB phase of saved parts, `parts[*written..]`, retried while LMDB's failure is
+    /// transient (PostgreSQL already decided the outcomes: there is nothing to isolate). Advances
+    /// `written` as parts land, so a caller can start from where a previous attempt stopped.
+    pub async fn write_lmdb(
+        &mut self,
+        parts: &[(Vec<Item>, PgPhase)],
+        written: &mut usize,
+        mut result: Result<(), StoreError>,
+        report: &mut IngestReport,
+    ) -> Result<(), ApplyError> {
+        let mut backoff = self.backoff();
+        loop {
+            if let Err(e) = result {
+                match e.class() {
+                    ErrorClass::Transient => {
+                        self.retrying(&e, parts[*written].0.len());
+                        self.back_off(&mut backoff, e.cause(), report).await?;
+                    }
+                    ErrorClass::Message | ErrorClass::Fatal => {
+                        tracing::error!(error = %e, cause = e.cause(), "LMDB write failed and retrying cannot help; stopping without committing");
+                        return Err(ApplyError::Fatal(format!("store: {e}")));
+                    }
+                }
+            }
+            result = Ok(());
+            while *written < parts.len() {
+                let (items, phase) = &parts[*written];
+                match self.store.write_lmdb(items, phase).await {
+                    Ok(()) => *written += 1,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                self.recovered(&backoff);
+                return Ok(());
+            }
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.retry.base, self.retry.max)
+    }
+
+    /// Says a transient failure is being retried; loudly when only an operator can end it.
+    fn retrying(&self, e: &StoreError, envelopes: usize) {
+        if needs_operator(e) {
+            tracing::error!(error = %e, cause = e.cause(), envelopes, "store write failed; retrying the same batch (offsets do not move) until an operator makes room for LMDB");
+        } else {
+            tracing::warn!(error = %e, cause = e.cause(), envelopes, "store write failed; retrying the same batch (offsets do not move)");
+        }
+    }
+
+    /// Pauses consumption and waits before the next attempt; `Aborted` on a hard stop, `Fatal`
+    /// once the attempts allowed are spent.
+    async fn back_off(
+        &mut self,
+        backoff: &mut Backoff,
+        cause: &'static str,
+        report: &mut IngestReport,
+    ) -> Result<(), ApplyError> {
+        if self
+            .retry
+            .attempts
+            .is_some_and(|max| backoff.attempts() + 1 >= max)
+        {
+            return Err(ApplyError::Fatal(format!(
+                "still failing after {} attempts ({cause})",
+                backoff.attempts() + 1
+            )));
+        }
+        report.retries += 1;
+        metrics::counter!(names::RETRIES, "cause" => cause).increment(1);
+        if let Some(pause) = &self.pause {
+            pause.set(PauseFlags::RETRYING, true);
+            metrics::gauge!(names::PAUSED).set(1.0);
+        }
+        let delay = backoff.next_delay(&mut self.rng);
+        tokio::select! {
+            _ = self.abort.cancelled() => Err(ApplyError::Aborted),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    fn recovered(&self, backoff: &Backoff) {
+        if backoff.attempts() > 0 {
+            if let Some(pause) = &self.pause {
+                pause.set(PauseFlags::RETRYING, false);
+                metrics::gauge!(names::PAUSED).set(0.0);
+            }
+            tracing::info!(
+                attempts = backoff.attempts(),
+                "recovered after retries; resuming"
+            );
+        }
+    }
+}
+
+/// A transient failure that lasts until someone acts: LMDB's map at `lmdb.max_map_size`, or its
+/// filesystem full.
+fn needs_operator(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Lmdb(LmdbError::MapAtLimit { .. } | LmdbError::NoSpace(_))
+    )
+}
