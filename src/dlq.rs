@@ -26,9 +26,14 @@ pub const H_DETAIL: &str = "nekhebet.detail";
 pub const H_SOURCE_TOPIC: &str = "nekhebet.source.topic";
 pub const H_SOURCE_PARTITION: &str = "nekhebet.source.partition";
 pub const H_SOURCE_OFFSET: &str = "nekhebet.source.offset";
-/// Present only when the original value could not be carried (bigger than the DLQ topic
-/// accepts): the original size in bytes. The value is then empty.
-pub const H_VALUE_DROPPED: &str = "nekhebet.value.dropped_bytes";
+/// Present only on a truncated letter (the dead-letter topic refused the full one for good): the
+/// original key and value sizes in bytes. The letter then carries the first [`TRUNCATED_BYTES`]
+/// of each.
+pub const H_ORIGINAL_KEY_BYTES: &str = "nekhebet.original.key_bytes";
+pub const H_ORIGINAL_VALUE_BYTES: &str = "nekhebet.original.value_bytes";
+
+/// How much of the key and of the value a truncated letter keeps.
+pub const TRUNCATED_BYTES: usize = 1024;
 
 /// Details longer than this are cut (at a character boundary): a database message or a decoder
 /// error can quote input, and headers are not the place for megabytes.
@@ -45,6 +50,61 @@ pub struct DeadLetter {
     pub source_topic: Arc<str>,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// Set on the truncated copy of a letter the dead-letter topic refused for good.
+    pub truncated_from: Option<OriginalSizes>,
+}
+
+/// The sizes of a letter before it was truncated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginalSizes {
+    pub key_bytes: usize,
+    pub value_bytes: usize,
+}
+
+/// Whether the broker (or the producer on its behalf) refuses this letter whatever the retries:
+/// too large for the topic or the producer, or a record the topic can never take (a compacted
+/// topic and a null key).
+fn refused_for_good(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::MessageBatchTooLarge
+                | C::InvalidRecord
+                | C::InvalidMessage
+        )
+    )
+}
+
+/// The letter cut to what any topic takes: the first [`TRUNCATED_BYTES`] of key and value, a key
+/// derived from the source position where there was none (a compacted topic refuses a null key),
+/// the original sizes as headers and a detail that says so. The reason is unchanged.
+pub fn truncated(letter: &DeadLetter, why: &KafkaError) -> DeadLetter {
+    let cut = |b: &Option<Bytes>| b.as_ref().map(|b| b.slice(..b.len().min(TRUNCATED_BYTES)));
+    let key = cut(&letter.key).or_else(|| {
+        Some(Bytes::from(format!(
+            "nekhebet.dlq/{}/{}/{}",
+            letter.source_topic, letter.source_partition, letter.source_offset
+        )))
+    });
+    DeadLetter {
+        key,
+        value: cut(&letter.value),
+        reason: letter.reason,
+        detail: format!(
+            "truncated for the dead-letter topic, which refused the full letter ({why}): key and value cut to their first {TRUNCATED_BYTES} bytes; original detail: {}",
+            letter.detail
+        ),
+        source_topic: letter.source_topic.clone(),
+        source_partition: letter.source_partition,
+        source_offset: letter.source_offset,
+        truncated_from: Some(OriginalSizes {
+            key_bytes: letter.key.as_ref().map_or(0, |k| k.len()),
+            value_bytes: letter.value.as_ref().map_or(0, |v| v.len()),
+        }),
+    }
 }
 
 /// A publish that did not get the broker's acknowledgement.
@@ -107,25 +167,25 @@ impl DlqSink {
         dlq_topic(&self.configured_topic, source_topic)
     }
 
-    /// Publishes one letter and waits for the broker's acknowledgement.
+    /// Publishes one letter and waits for the broker's acknowledgement. A letter the broker
+    /// refuses for good (key, value or headers over the topic's `max.message.bytes`, a compacted
+    /// topic refusing a null key) is published truncated instead ([`truncated`]): retrying it as
+    /// it is would stall its partition forever.
     pub async fn publish(&self, letter: &DeadLetter) -> Result<(), DlqError> {
         let topic = self.topic_for(&letter.source_topic);
-        let result = self.send(&topic, letter, letter.value.as_deref()).await;
-        let result = match result {
-            // Bigger than the producer or the DLQ topic allows: carry everything but the value
-            // rather than block the partition forever on a message that can never be published.
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
-                if letter.value.is_some() =>
-            {
+        let result = match self.send(&topic, letter).await {
+            Err(e) if refused_for_good(&e) => {
                 tracing::warn!(
                     topic = %topic,
                     source_topic = %letter.source_topic,
                     partition = letter.source_partition,
                     offset = letter.source_offset,
-                    bytes = letter.value.as_ref().map_or(0, |v| v.len()),
-                    "dead letter too large for the DLQ topic: publishing it without its value"
+                    key_bytes = letter.key.as_ref().map_or(0, |k| k.len()),
+                    value_bytes = letter.value.as_ref().map_or(0, |v| v.len()),
+                    error = %e,
+                    "the dead-letter topic refuses this letter for good: publishing it truncated"
                 );
-                self.send(&topic, letter, None).await
+                self.send(&topic, &truncated(letter, &e)).await
             }
             other => other,
         };
@@ -146,16 +206,11 @@ impl DlqSink {
         join_all(letters.iter().map(|l| self.publish(l))).await
     }
 
-    async fn send(
-        &self,
-        topic: &str,
-        letter: &DeadLetter,
-        value: Option<&[u8]>,
-    ) -> Result<(), KafkaError> {
+    async fn send(&self, topic: &str, letter: &DeadLetter) -> Result<(), KafkaError> {
         let partition = letter.source_partition.to_string();
         let offset = letter.source_offset.to_string();
         let detail = truncate(&letter.detail, MAX_DETAIL_BYTES);
-        let mut headers = OwnedHeaders::new_with_capacity(6)
+        let mut headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header {
                 key: H_REASON,
                 value: Some(letter.reason.as_str()),
@@ -176,21 +231,24 @@ impl DlqSink {
                 key: H_SOURCE_OFFSET,
                 value: Some(offset.as_str()),
             });
-        let dropped;
-        if value.is_none() {
-            if let Some(v) = &letter.value {
-                dropped = v.len().to_string();
-                headers = headers.insert(Header {
-                    key: H_VALUE_DROPPED,
-                    value: Some(dropped.as_str()),
+        let sizes;
+        if let Some(t) = &letter.truncated_from {
+            sizes = (t.key_bytes.to_string(), t.value_bytes.to_string());
+            headers = headers
+                .insert(Header {
+                    key: H_ORIGINAL_KEY_BYTES,
+                    value: Some(sizes.0.as_str()),
+                })
+                .insert(Header {
+                    key: H_ORIGINAL_VALUE_BYTES,
+                    value: Some(sizes.1.as_str()),
                 });
-            }
         }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(k) = letter.key.as_deref() {
             record = record.key(k);
         }
-        if let Some(v) = value {
+        if let Some(v) = letter.value.as_deref() {
             record = record.payload(v);
         }
         match self.producer.send(record, Duration::from_secs(5)).await {
@@ -236,6 +294,48 @@ mod tests {
         let s = "ééé"; // 2 bytes each
         assert_eq!(truncate(s, 3), "é");
         assert_eq!(truncate(s, 4), "éé");
+    }
+
+    #[test]
+    fn a_truncated_letter_keeps_the_first_kib_the_sizes_and_the_reason() {
+        let letter = DeadLetter {
+            key: Some(Bytes::from(vec![b'k'; 1_500_000])),
+            value: Some(Bytes::from_static(b"short")),
+            reason: Reason::MalformedJson,
+            detail: "bad".into(),
+            source_topic: "src".into(),
+            source_partition: 3,
+            source_offset: 42,
+            truncated_from: None,
+        };
+        let err = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(refused_for_good(&err));
+        let t = truncated(&letter, &err);
+        assert_eq!(t.key.as_deref(), Some(&[b'k'; TRUNCATED_BYTES][..]));
+        assert_eq!(t.value.as_deref(), Some(&b"short"[..]));
+        assert_eq!(t.reason, Reason::MalformedJson);
+        assert!(t.detail.starts_with("truncated"), "{}", t.detail);
+        assert!(t.detail.ends_with("original detail: bad"), "{}", t.detail);
+        assert_eq!(
+            t.truncated_from,
+            Some(OriginalSizes {
+                key_bytes: 1_500_000,
+                value_bytes: 5
+            })
+        );
+        // No key at all (a compacted topic refuses a null key): one derived from the source.
+        let keyless = DeadLetter {
+            key: None,
+            ..letter
+        };
+        let t = truncated(
+            &keyless,
+            &KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord),
+        );
+        assert_eq!(t.key.as_deref(), Some(&b"nekhebet.dlq/src/3/42"[..]));
+        assert!(!refused_for_good(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::BrokerNotAvailable
+        )));
     }
 
     #[test]

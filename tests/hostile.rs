@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 /// What must become of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
-    /// Dead-lettered with this reason; `dropped`: the DLQ cannot take the value, so the letter
-    /// carries `nekhebet.value.dropped_bytes` and no value.
-    Reject { reason: Reason, dropped: bool },
+    /// Dead-lettered with this reason; `truncated`: the DLQ cannot take the letter, so it carries
+    /// the first KiB of the value and the original sizes (`nekhebet.original.value_bytes`).
+    Reject { reason: Reason, truncated: bool },
     /// Stored (a valid envelope, however odd).
     Stored,
 }
@@ -39,7 +39,7 @@ enum Expect {
 fn reject(reason: Reason) -> Expect {
     Expect::Reject {
         reason,
-        dropped: false,
+        truncated: false,
     }
 }
 
@@ -174,7 +174,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         Some(huge),
         Expect::Reject {
             reason: Reason::MessageTooLarge,
-            dropped: true,
+            truncated: true,
         },
     );
     add(
@@ -382,7 +382,7 @@ fn corpus(s: &mut Signer) -> Vec<Case> {
         Some(sign(&spec, &s.key)),
         Expect::Reject {
             reason: Reason::PayloadTooLarge,
-            dropped: true,
+            truncated: true,
         },
     );
     // Signed with 200 kB in context: within every limit, so it is a valid envelope.
@@ -579,10 +579,10 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
         let got = letter
             .map(|m| m.headers["nekhebet.reason"].clone())
             .unwrap_or_else(|| "(stored)".into());
-        let (want, dropped) = match &p.expect {
-            Expect::Reject { reason, dropped } => {
+        let (want, truncated) = match &p.expect {
+            Expect::Reject { reason, truncated } => {
                 *expected_counts.entry(reason.to_string()).or_default() += 1;
-                (reason.to_string(), *dropped)
+                (reason.to_string(), *truncated)
             }
             Expect::Stored => {
                 stored_wires.push(p.value.as_deref().expect("stored envelopes have a value"));
@@ -591,8 +591,8 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
         };
         let dlq_value = match letter {
             None => String::new(),
-            Some(m) => match m.headers.get("nekhebet.value.dropped_bytes") {
-                Some(n) => format!("dropped ({n} bytes)"),
+            Some(m) => match m.headers.get("nekhebet.original.value_bytes") {
+                Some(n) => format!("truncated (of {n} bytes)"),
                 None => format!("{} bytes", m.value.as_ref().map_or(0, Vec::len)),
             },
         };
@@ -613,7 +613,8 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
             continue;
         }
         let Some(m) = letter else { continue };
-        // Every header, the original key, the original value (or its size when dropped).
+        // Every header, the original key, the original value (or its first KiB and size when
+        // truncated).
         let detail = m
             .headers
             .get("nekhebet.detail")
@@ -630,18 +631,20 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
             failures.push(format!("#{i} {}: DLQ key differs", p.name));
         }
         let original_len = p.value.as_ref().map_or(0, Vec::len);
-        if dropped {
-            if m.headers.get("nekhebet.value.dropped_bytes") != Some(&original_len.to_string())
-                || m.value.as_ref().is_some_and(|v| !v.is_empty())
+        if truncated {
+            let original = p.value.clone().unwrap_or_default();
+            if m.headers.get("nekhebet.original.value_bytes") != Some(&original_len.to_string())
+                || m.value.clone().unwrap_or_default() != original[..original.len().min(1024)]
+                || !detail.starts_with("truncated")
             {
                 failures.push(format!(
-                    "#{i} {}: expected the value dropped with nekhebet.value.dropped_bytes = {original_len}, got {:?} and {} value bytes",
+                    "#{i} {}: expected the first KiB of the value with nekhebet.original.value_bytes = {original_len}, got {:?} and {} value bytes",
                     p.name,
-                    m.headers.get("nekhebet.value.dropped_bytes"),
+                    m.headers.get("nekhebet.original.value_bytes"),
                     m.value.as_ref().map_or(0, Vec::len)
                 ));
             }
-        } else if m.headers.contains_key("nekhebet.value.dropped_bytes")
+        } else if m.headers.contains_key("nekhebet.original.value_bytes")
             || m.value.clone().unwrap_or_default() != p.value.clone().unwrap_or_default()
         {
             failures.push(format!(

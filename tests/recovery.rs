@@ -148,7 +148,6 @@ async fn a_recreated_topic_stops_the_worker_and_after_the_documented_reset_every
 /// A dead letter the DLQ topic refuses for good (here a 1.5 MiB key, over the topic's
 /// `max.message.bytes`) must not stall the partition behind it forever: it is published truncated,
 /// with the original sizes and a detail saying so, and the messages after it are stored.
-#[ignore = "issue 12 §7: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_the_broker_refuses_for_good_is_published_truncated_and_the_partition_moves_on(
 ) {

@@ -388,6 +388,7 @@ fn letter(r: &Record, rejection: &Rejection) -> DeadLetter {
         source_topic: r.tp.topic.clone(),
         source_partition: r.tp.number,
         source_offset: r.offset,
+        truncated_from: None,
     }
 }
 
