@@ -66,6 +66,55 @@ pub fn resume_offset(store_applied: Option<i64>, kafka_committed: Option<i64>) -
     }
 }
 
+/// A partition whose stores say more was applied than the partition holds: the topic was deleted
+/// and re-created (offsets start again at 0), or the worker reads another cluster than the one the
+/// stores were filled from. Every new message at or below the stored offset would otherwise be
+/// counted `redelivered` and dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeyondEnd {
+    pub partition: Partition,
+    /// The stores' highest applied offset.
+    pub applied: i64,
+    /// The partition's high watermark (the offset the next message will get).
+    pub high: i64,
+}
+
+impl std::fmt::Display for BeyondEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {}: the stores hold messages up to offset {}, but the partition ends before it \
+             (high watermark {}): the topic was deleted and re-created, or this worker reads another \
+             cluster than the stores were filled from. Nothing of it was consumed. If the topic was \
+             re-created, reset its stored offsets and start again: \
+             nekhebet-store offsets reset --topic {} --to earliest --yes",
+            self.partition, self.applied, self.high, self.partition.topic
+        )
+    }
+}
+
+/// The partitions whose stored applied offset is at or beyond their high watermark (see
+/// [`BeyondEnd`]). A healthy partition's applied offset is always below it: offsets only grow, and
+/// retention or compaction remove messages without lowering the high watermark.
+pub fn beyond_end(
+    applied: &HashMap<Partition, i64>,
+    watermarks: &[(Partition, i64, i64)],
+) -> Vec<BeyondEnd> {
+    let mut out: Vec<BeyondEnd> = watermarks
+        .iter()
+        .filter_map(|(p, _low, high)| {
+            let a = *applied.get(p)?;
+            (a >= *high).then(|| BeyondEnd {
+                partition: p.clone(),
+                applied: a,
+                high: *high,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.partition.cmp(&b.partition));
+    out
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -273,6 +322,32 @@ mod tests {
         assert_eq!(resume_offset(Some(99), Some(50)), Some(100));
         // A tail of rejected messages: Kafka is ahead of the last stored envelope.
         assert_eq!(resume_offset(Some(99), Some(120)), Some(120));
+    }
+
+    #[test]
+    fn a_stored_offset_at_or_beyond_the_end_of_a_partition_is_reported() {
+        let applied = HashMap::from([(p(0), 999), (p(1), 99), (p(2), 100)]);
+        let marks = [(p(0), 0, 100), (p(1), 0, 100), (p(2), 0, 100), (p(3), 0, 5)];
+        assert_eq!(
+            beyond_end(&applied, &marks),
+            vec![
+                BeyondEnd {
+                    partition: p(0),
+                    applied: 999,
+                    high: 100
+                },
+                BeyondEnd {
+                    partition: p(2),
+                    applied: 100,
+                    high: 100
+                }
+            ]
+        );
+        let msg = beyond_end(&applied, &marks)[0].to_string();
+        assert!(
+            msg.contains("nekhebet-store offsets reset --topic t --to earliest"),
+            "{msg}"
+        );
     }
 
     #[test]

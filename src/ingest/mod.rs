@@ -529,7 +529,8 @@ impl MainLoop<'_> {
     ) -> anyhow::Result<()> {
         match ctl {
             Control::Assign { partitions, reply } => {
-                let offsets = self.on_assign(&partitions).await;
+                // On an error the reply is dropped: the callback returns, and the worker stops.
+                let offsets = self.on_assign(&partitions).await?;
                 let _ = reply.send(offsets);
             }
             Control::Revoke {
@@ -545,7 +546,10 @@ impl MainLoop<'_> {
         Ok(())
     }
 
-    async fn on_assign(&mut self, partitions: &[Assigned]) -> HashMap<Partition, Option<i64>> {
+    async fn on_assign(
+        &mut self,
+        partitions: &[Assigned],
+    ) -> anyhow::Result<HashMap<Partition, Option<i64>>> {
         let keys: Vec<Partition> = partitions.iter().map(|a| a.partition.clone()).collect();
         let applied = match tokio::time::timeout(
             ASSIGN_STORE_TIMEOUT,
@@ -563,6 +567,19 @@ impl MainLoop<'_> {
                 HashMap::new()
             }
         };
+        // Stored offsets are keyed by topic name: a re-created topic (or another cluster) would
+        // make every new message at or below them look applied. Stop instead, before consuming.
+        let watermarks = self.fetch_watermarks(keys.clone()).await;
+        let beyond = ledger::beyond_end(&applied, &watermarks);
+        if !beyond.is_empty() {
+            let lines: Vec<String> = beyond.iter().map(ToString::to_string).collect();
+            anyhow::bail!("{}", lines.join("\n"));
+        }
+        if self.opts.until_caught_up {
+            for (p, low, high) in &watermarks {
+                self.ledger.set_watermarks(p, *low, *high);
+            }
+        }
         let starts = self.ledger.assign(partitions, &applied);
         for (a, (_, start)) in partitions.iter().zip(&starts) {
             tracing::info!(partition = %a.partition, store_applied = ?applied.get(&a.partition), kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
@@ -571,30 +588,32 @@ impl MainLoop<'_> {
         if let Some(joined) = &self.opts.group_joined {
             joined.store(true, Ordering::SeqCst);
         }
-        if self.opts.until_caught_up {
-            self.fetch_targets(keys).await;
-        }
-        starts.into_iter().collect()
+        Ok(starts.into_iter().collect())
     }
 
-    /// Measures high watermarks for partitions that have no catch-up target yet.
-    async fn fetch_targets(&mut self, partitions: Vec<Partition>) {
+    /// Each partition's (low, high) watermarks; a partition the broker does not answer for is
+    /// left out (and measured again later where the catch-up needs it).
+    async fn fetch_watermarks(&self, partitions: Vec<Partition>) -> Vec<(Partition, i64, i64)> {
         let consumer = self.consumer.clone();
-        let measured = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             partitions
                 .into_iter()
                 .filter_map(|p| match consumer.fetch_watermarks(&p.topic, p.number, WATERMARK_TIMEOUT) {
                     Ok((low, high)) => Some((p, low, high)),
                     Err(e) => {
-                        tracing::warn!(partition = %p, error = %e, "cannot read the watermarks (retrying)");
+                        tracing::warn!(partition = %p, error = %e, "cannot read the watermarks");
                         None
                     }
                 })
                 .collect::<Vec<_>>()
         })
         .await
-        .unwrap_or_default();
-        for (p, low, high) in measured {
+        .unwrap_or_default()
+    }
+
+    /// Measures high watermarks for partitions that have no catch-up target yet.
+    async fn fetch_targets(&mut self, partitions: Vec<Partition>) {
+        for (p, low, high) in self.fetch_watermarks(partitions).await {
             self.ledger.set_watermarks(&p, low, high);
         }
     }
