@@ -27,6 +27,8 @@ import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "nekhebet-store")
+# Development tooling (produce, bench-ceiling): built with `--features dev`.
+DEV_BIN = os.path.join(ROOT, "target", "release", "nekhebet-dev")
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 STORED = re.compile(r'^nekhebet_envelopes_total\{[^}]*outcome="stored"[^}]*\} (\S+)$', re.M)
 LAST_COMMIT = re.compile(r'^nekhebet_last_commit_timestamp_seconds(?:\{[^}]*\})? (\S+)$', re.M)
@@ -212,7 +214,7 @@ def main():
     topic = a.topic or f"growth-{uuid.uuid4().hex[:8]}"
     if not a.topic:
         print(f"producing {a.count} envelopes to {topic} ({a.partitions} partitions)…", flush=True)
-        run([BIN, "produce", "--topic", topic, "--count", str(a.count), "--partitions",
+        run([DEV_BIN, "produce", "--topic", topic, "--count", str(a.count), "--partitions",
              str(a.partitions), "--seed", "11"], {})
 
     results = {"topic": topic, "count": a.count, "memory_limit_mib": a.memory_mib, "layouts": {}}

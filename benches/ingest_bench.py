@@ -25,6 +25,8 @@ import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "nekhebet-store")
+# Development tooling (produce, bench-ceiling): built with `--features dev`.
+DEV_BIN = os.path.join(ROOT, "target", "release", "nekhebet-dev")
 
 
 def admin_url():
@@ -138,7 +140,7 @@ def main():
         extra["NEKHEBET_BATCH__MAX_RECORDS"] = str(a.batch_records)
     print(f"producing {a.count} envelopes to {topic} ({a.partitions} partitions)…", flush=True)
     t0 = time.perf_counter()
-    run([BIN, "produce", "--topic", topic, "--count", str(a.count), "--partitions", str(a.partitions), "--seed", "7"])
+    run([DEV_BIN, "produce", "--topic", topic, "--count", str(a.count), "--partitions", str(a.partitions), "--seed", "7"])
     produce_s = time.perf_counter() - t0
 
     results = {"count": a.count, "partitions": a.partitions, "produce_seconds": produce_s, "runs": {}}
@@ -178,7 +180,7 @@ def main():
         name = f"bench_ceiling_{uuid.uuid4().hex[:8]}"
         url = create_db(name)
         dbs.append(name)
-        out = run([BIN, "bench-ceiling", jsonl], {
+        out = run([DEV_BIN, "bench-ceiling", jsonl], {
             "NEKHEBET_POSTGRES__URL": url,
             "NEKHEBET_LMDB__PATH": os.path.join(workdir, name),
             "NEKHEBET_LMDB__LAYOUT": layout,

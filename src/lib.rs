@@ -8,15 +8,16 @@ pub mod batch;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+#[cfg(any(test, feature = "dev"))]
+pub mod dev;
 pub mod dlq;
 pub mod envelope;
+pub mod failpoint;
 pub mod ingest;
 pub mod kafka;
 pub mod partition;
 pub mod pipeline;
-pub mod produce;
 pub mod reason;
-pub mod signing;
 pub mod store;
 pub mod telemetry;
 pub mod tlog;

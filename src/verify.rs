@@ -946,7 +946,7 @@ mod tests {
 
     #[test]
     fn oversized_payload_is_payload_too_large() {
-        use crate::signing::{sign, EnvelopeSpec};
+        use crate::dev::signing::{sign, EnvelopeSpec};
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let spec = EnvelopeSpec {
             event_type: "charon.transported".into(),

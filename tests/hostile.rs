@@ -18,7 +18,7 @@ use ed25519_dalek::SigningKey;
 use nekhebet_store::envelope::Limits;
 use nekhebet_store::ingest::{self, IngestOptions};
 use nekhebet_store::reason::Reason;
-use nekhebet_store::signing::{sign, sign_with_extras, EnvelopeSpec, HeaderExtras};
+use nekhebet_store::dev::signing::{sign, sign_with_extras, EnvelopeSpec, HeaderExtras};
 use nekhebet_store::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

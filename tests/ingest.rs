@@ -10,7 +10,7 @@ use common::kafka as k;
 use common::pg::TestDb;
 use nekhebet_store::config::Config;
 use nekhebet_store::ingest::{self, IngestOptions, IngestReport};
-use nekhebet_store::produce::{Kind, ProduceReport};
+use nekhebet_store::dev::produce::{Kind, ProduceReport};
 use nekhebet_store::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -215,7 +215,7 @@ async fn redelivered_messages_are_counted_and_heal_a_fresh_lmdb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_database_refuses_is_isolated_and_dead_lettered_the_rest_stored() {
-    use nekhebet_store::signing::{sign, EnvelopeSpec};
+    use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
     let s = setup(1).await;
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let spec = |i: u64, id: Option<uuid::Uuid>| EnvelopeSpec {

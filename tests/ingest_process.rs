@@ -140,7 +140,7 @@ async fn sigterm_under_load_commits_what_it_stored_and_exits_0() {
         let below = committed
             .get(&rec.partition)
             .is_some_and(|c| rec.offset < *c);
-        if below && rec.kind == nekhebet_store::produce::Kind::Valid {
+        if below && rec.kind == nekhebet_store::dev::produce::Kind::Valid {
             let id = rec.id.expect("valid records have ids");
             let row = client
                 .query_opt("SELECT envelope FROM events WHERE id = $1", &[&id])

@@ -91,7 +91,7 @@ async fn scalar(db: &TestDb, sql: &str) -> i64 {
 async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
     let db = TestDb::new().await;
     let mut p = Producer::new("resigner", 11);
-    let resign = |p: &Producer, spec: &nekhebet_store::signing::EnvelopeSpec| {
+    let resign = |p: &Producer, spec: &nekhebet_store::dev::signing::EnvelopeSpec| {
         let mut again = spec.clone();
         again.nonce = Some(nonce());
         p.sign(&again)

@@ -49,7 +49,7 @@ struct Expected {
 }
 
 impl Expected {
-    fn add(&mut self, r: &nekhebet_store::produce::ProduceReport) {
+    fn add(&mut self, r: &nekhebet_store::dev::produce::ProduceReport) {
         self.sent += r.sent as i64;
         self.stored += r.valid as i64;
         self.duplicate += r.duplicates as i64;

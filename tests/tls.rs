@@ -17,7 +17,7 @@ use common::kafka as k;
 use common::pg::TestDb;
 use nekhebet_store::config::{Config, PostgresConfig, SslMode};
 use nekhebet_store::ingest::{self, IngestOptions};
-use nekhebet_store::signing::{sign, EnvelopeSpec};
+use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
 use nekhebet_store::store::{Item, PgStore, Store};
 use tls_servers::{Certs, TlsKafka, TlsPostgres};
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,5 @@
 //! Command-line interface: argument parsing and the small commands. `main.rs` only calls [`main`].
 
-mod ceiling;
 mod import;
 pub mod ingest;
 pub mod reconcile;
@@ -34,8 +33,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the ingestion worker until SIGINT/SIGTERM (or --until-caught-up).
     Ingest(ingest::IngestArgs),
-    /// Publish signed development envelopes (or the lines of a JSONL file) to Kafka.
-    Produce(crate::produce::ProduceArgs),
     /// Apply the embedded PostgreSQL migrations (idempotent).
     Migrate,
     /// Import JSONL envelopes (one a line) through the same batch path as the worker.
@@ -70,9 +67,6 @@ pub enum Command {
     },
     /// Print the effective configuration as TOML, secrets masked.
     Config,
-    /// Benchmark helper: binary COPY + one LMDB transaction of a JSONL file (the ceiling).
-    #[command(name = "bench-ceiling", hide = true)]
-    BenchCeiling(ceiling::CeilingArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,10 +87,26 @@ pub enum ReplayGuardCommand {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    run_program("nekhebet-store", cli.config.as_deref(), |config| {
+        run(cli.command, config)
+    })
+}
+
+/// The frame of every binary of this crate: loads the configuration (an error names the key and
+/// exits 2), sets up logging, runs `body` on a multi-threaded runtime, and turns an error into a
+/// message on stderr and exit code 2.
+pub fn run_program<F>(
+    program: &str,
+    config_file: Option<&std::path::Path>,
+    body: impl FnOnce(Config) -> F,
+) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let config = match Config::load(config_file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nekhebet-store: {e}");
+            eprintln!("{program}: {e}");
             return ExitCode::from(2);
         }
     };
@@ -107,14 +117,14 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("nekhebet-store: cannot start the async runtime: {e}");
+            eprintln!("{program}: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(body(config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nekhebet-store: error: {e:#}");
+            eprintln!("{program}: error: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -123,7 +133,6 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Ingest(a) => ingest::command(a, &config).await,
-        Command::Produce(a) => crate::produce::command(a, &config).await,
         Command::Migrate => {
             let pg = PgStore::connect(&config.postgres)
                 .await
@@ -192,7 +201,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchCeiling(args) => ceiling::run(args, &config).await,
         Command::Reconcile { repair } => reconcile::run(&config, repair).await,
         Command::ReplayGuard(ReplayGuardCommand::Cleanup { older_than }) => {
             let cutoff = parse_cutoff(&older_than, chrono::Utc::now())?;

@@ -81,7 +81,7 @@ impl HybridStore {
         let (outcomes, seqs) = self.pg.save_batch_with_seqs(items).await?;
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "postgres")
             .record(started.elapsed().as_secs_f64());
-        failpoint("after_postgres_commit");
+        crate::failpoint::hit("after_postgres_commit");
         Ok(PgPhase { outcomes, seqs })
     }
 
@@ -261,18 +261,4 @@ fn highest_offsets(items: &[Item]) -> Vec<Position> {
             offset,
         })
         .collect()
-}
-
-/// Test-only crash points: `NEKHEBET_FAILPOINT=<name>` aborts the process there, the way a power
-/// cut or SIGKILL would, so tests can prove the recovery path.
-pub fn failpoint(name: &str) {
-    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if ARMED
-        .get_or_init(|| std::env::var("NEKHEBET_FAILPOINT").ok())
-        .as_deref()
-        == Some(name)
-    {
-        eprintln!("nekhebet-store: failpoint {name} reached, aborting");
-        std::process::abort();
-    }
 }

@@ -287,7 +287,7 @@ pub(crate) fn plan_batch(
 mod tests {
     use super::*;
     use crate::envelope::{decode, Limits};
-    use crate::signing::{sign, EnvelopeSpec};
+    use crate::dev::signing::{sign, EnvelopeSpec};
     use ed25519_dalek::SigningKey;
 
     /// An envelope whose replay key is `(k, nonce)` and whose content hash follows `payload`.

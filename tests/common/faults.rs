@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use nekhebet_store::config::Config;
-use nekhebet_store::produce::{Kind, Poison, ProduceReport};
+use nekhebet_store::dev::produce::{Kind, Poison, ProduceReport};
 
 use super::kafka::{self as k, WorkerProcess};
 use super::pg::TestDb;

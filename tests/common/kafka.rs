@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nekhebet_store::config::Config;
-use nekhebet_store::produce::{self, ProduceOptions, ProduceReport};
+use nekhebet_store::dev::produce::{self, ProduceOptions, ProduceReport};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};

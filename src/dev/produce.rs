@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::envelope::{self, Limits};
-use crate::signing::{self, EnvelopeSpec};
+use crate::dev::signing::{self, EnvelopeSpec};
 
 /// Event types the generator uses (nekhebet-core's registered ones, as in the sample set).
 pub const EVENT_TYPES: &[&str] = &[

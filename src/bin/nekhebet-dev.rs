@@ -1,0 +1,43 @@
+//! `nekhebet-dev`: development tooling (test traffic, the benchmark ceiling), built only with the
+//! `dev` feature so that production builds of the worker do not carry it. See `dev`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nekhebet_store::dev::{ceiling, produce};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nekhebet-dev",
+    version,
+    about = "Development tooling for nekhebet-store: test traffic and the benchmark ceiling"
+)]
+struct Cli {
+    /// A TOML configuration file (layered over config/default.toml; NEKHEBET_* variables override it).
+    #[arg(long, global = true, env = "NEKHEBET_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publish signed development envelopes (or the lines of a JSONL file) to Kafka.
+    Produce(produce::ProduceArgs),
+    /// Benchmark helper: binary COPY + one LMDB transaction of a JSONL file (the ceiling), into an
+    /// empty database.
+    #[command(name = "bench-ceiling")]
+    BenchCeiling(ceiling::CeilingArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    nekhebet_store::cli::run_program("nekhebet-dev", cli.config.as_deref(), |config| async move {
+        match cli.command {
+            Command::Produce(a) => produce::command(a, &config).await,
+            Command::BenchCeiling(a) => ceiling::run(a, &config).await,
+        }
+    })
+}
