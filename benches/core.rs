@@ -11,8 +11,8 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use nekhebet_store::batch::{BatchLimits, Batcher, Push};
-use nekhebet_store::envelope::{self, Envelope, Limits};
 use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
+use nekhebet_store::envelope::{self, Envelope, Limits};
 use nekhebet_store::verify::{Verifier, VerifyConfig};
 
 fn envelopes(n: usize) -> Vec<Bytes> {

@@ -13,6 +13,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// PostgreSQL's connection settings are resolved and redacted on the store side
+/// ([`PostgresConfig::tls`] is implemented there); re-exported for the configuration's users.
+pub use crate::store::postgres::{redact_url, PgConnection};
+
 /// Where envelopes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,101 +146,11 @@ impl SslMode {
             SslMode::VerifyFull => "verify-full",
         }
     }
-
-    fn parse(s: &str) -> Option<SslMode> {
-        Some(match s {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            _ => return None,
-        })
-    }
 }
 
 impl fmt::Display for SslMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// The effective PostgreSQL connection settings: [`PostgresConfig::tls`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct PgConnection {
-    /// The URL for tokio-postgres: `postgres.url` without libpq's `sslmode`/`sslrootcert`
-    /// parameters (tokio-postgres knows only three modes and no CA parameter). Holds the password.
-    pub url: String,
-    pub sslmode: SslMode,
-    /// Set for `verify-ca` and `verify-full` (and for `require` given a CA, which then verifies
-    /// the chain).
-    pub root_cert: Option<PathBuf>,
-}
-
-impl fmt::Debug for PgConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgConnection")
-            .field("url", &redact_url(&self.url))
-            .field("sslmode", &self.sslmode)
-            .field("root_cert", &self.root_cert)
-            .finish()
-    }
-}
-
-impl PostgresConfig {
-    /// Resolves TLS settings from `sslmode`, `ssl_root_cert` and the URL's libpq parameters. An
-    /// error when they contradict each other, or a verifying mode has no CA: a configuration that
-    /// could silently connect less safely than it says is refused.
-    pub fn tls(&self) -> Result<PgConnection, ConfigError> {
-        let (url, url_mode, url_root) = split_tls_params(&self.url)?;
-        let mode_from_url = match url_mode.as_deref() {
-            None => None,
-            Some(m) => Some(SslMode::parse(m).ok_or_else(|| ConfigError::Invalid {
-                key: "postgres.url",
-                value: format!("…sslmode={m}…"),
-                expected: "sslmode = disable, prefer, require, verify-ca or verify-full",
-            })?),
-        };
-        let sslmode = match (self.sslmode, mode_from_url) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ConfigError::Load(format!(
-                "`postgres.sslmode` = {a} but postgres.url says sslmode={b}: set it in one place"
-            )))
-            }
-            (Some(a), _) | (None, Some(a)) => a,
-            (None, None) if self.ssl_root_cert.is_some() || url_root.is_some() => {
-                SslMode::VerifyFull
-            }
-            (None, None) => SslMode::Prefer,
-        };
-        let root_cert = match (&self.ssl_root_cert, url_root) {
-            (Some(a), Some(b)) if *a != b => {
-                return Err(ConfigError::Load(format!(
-                    "`postgres.ssl_root_cert` = {} but postgres.url says sslrootcert={}: set it in one place",
-                    a.display(),
-                    b.display()
-                )))
-            }
-            (Some(a), _) => Some(a.clone()),
-            (None, b) => b,
-        };
-        match (sslmode, &root_cert) {
-            (SslMode::VerifyCa | SslMode::VerifyFull, None) => Err(ConfigError::Invalid {
-                key: "postgres.ssl_root_cert",
-                value: "(unset)".into(),
-                expected: "a PEM file of the CA certificate(s) that signed the server's certificate (sslmode verify-ca and verify-full need one)",
-            }),
-            (SslMode::Disable | SslMode::Prefer, Some(p)) => Err(ConfigError::Invalid {
-                key: "postgres.ssl_root_cert",
-                value: p.display().to_string(),
-                expected: "no CA file with sslmode disable or prefer, which never verify certificates (use require, verify-ca or verify-full)",
-            }),
-            _ => Ok(PgConnection {
-                url,
-                sslmode,
-                root_cert,
-            }),
-        }
     }
 }
 
@@ -349,15 +263,8 @@ const SECTIONS: &[&str] = &[
     "shutdown",
 ];
 
-/// The nekhebet-core 4.0 registered event types.
-pub const CORE_EVENT_TYPES: &[&str] = &[
-    "omen.observed",
-    "observation.recorded",
-    "anubis.weighed",
-    "charon.transported",
-    "osiris.remembered",
-    "seth.caught",
-];
+/// The nekhebet-core 4.0 registered event types (the verifier's list).
+pub const CORE_EVENT_TYPES: &[&str] = &crate::verify::NEKHEBET_EVENT_TYPES;
 
 impl Default for Config {
     fn default() -> Self {
@@ -616,73 +523,6 @@ impl Config {
     }
 }
 
-/// Replaces the password of a PostgreSQL URL (userinfo or a `password` query parameter) or of a
-/// key=value string (`password=…`, quoted or not) with `***`. Errs on the side of hiding too much:
-/// a URL's userinfo runs to its LAST `@`, so a raw `@` inside a password cannot expose its tail.
-pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (creds, after) = match rest.rfind('@') {
-            Some(at) => {
-                let userinfo = &rest[..at];
-                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                let masked = if userinfo.contains(':') {
-                    format!("{user}:***@")
-                } else {
-                    format!("{userinfo}@")
-                };
-                (masked, &rest[at + 1..])
-            }
-            None => (String::new(), rest),
-        };
-        let after = match after.split_once('?') {
-            Some((host, query)) => {
-                let query = query
-                    .split('&')
-                    .map(|kv| match kv.split_once('=') {
-                        Some((k, _)) if is_secret_conn_param(&percent_decode(k)) => {
-                            format!("{k}=***")
-                        }
-                        _ => kv.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("&");
-                format!("{host}?{query}")
-            }
-            None => after.to_string(),
-        };
-        return format!("{scheme}://{creds}{after}");
-    }
-    let mut out = String::with_capacity(url.len());
-    let mut pos = 0;
-    for kv in KvParams::new(url) {
-        match kv {
-            Ok(kv) => {
-                out.push_str(&url[pos..kv.start]);
-                if is_secret_conn_param(&kv.key) {
-                    out.push_str(&url[kv.start..kv.value_start]);
-                    out.push_str("***");
-                } else {
-                    out.push_str(&url[kv.start..kv.end]);
-                }
-                pos = kv.end;
-            }
-            Err(at) => {
-                // Not parseable from here on: hide the rest rather than guess.
-                out.push_str(&url[pos..at]);
-                out.push_str("***");
-                return out;
-            }
-        }
-    }
-    out.push_str(&url[pos..]);
-    out
-}
-
-/// Connection parameters that hold a secret.
-fn is_secret_conn_param(key: &str) -> bool {
-    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
-}
-
 /// Whether a `kafka.properties` key holds a secret (masked by `config`, never logged): librdkafka's
 /// sensitive properties (passwords, private keys, OAuth secrets and configs, JAAS) and anything
 /// else that names a password, secret, credential or token.
@@ -710,183 +550,6 @@ pub fn mask_properties(properties: &BTreeMap<String, String>) -> BTreeMap<String
             (k.clone(), v)
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Splits libpq's `sslmode` and `sslrootcert` out of a connection string (tokio-postgres refuses
-/// `verify-ca`, `verify-full` and `sslrootcert`): the string without them, and their values.
-fn split_tls_params(url: &str) -> Result<(String, Option<String>, Option<PathBuf>), ConfigError> {
-    let mut mode = None;
-    let mut root = None;
-    if let Some((scheme, rest)) = url.split_once("://") {
-        // Where tokio-postgres's own parser ends the credentials: at the first `@`.
-        let creds_end = rest.find('@').map_or(0, |at| at + 1);
-        let Some(q) = rest[creds_end..].find('?').map(|q| creds_end + q) else {
-            return Ok((url.to_string(), None, None));
-        };
-        let mut kept = Vec::new();
-        for kv in rest[q + 1..].split('&') {
-            match kv.split_once('=').map(|(k, v)| (percent_decode(k), v)) {
-                Some((k, v)) if k == "sslmode" => mode = Some(percent_decode(v)),
-                Some((k, v)) if k == "sslrootcert" => root = Some(PathBuf::from(percent_decode(v))),
-                _ => kept.push(kv),
-            }
-        }
-        let base = &rest[..q];
-        let url = if kept.is_empty() {
-            format!("{scheme}://{base}")
-        } else {
-            format!("{scheme}://{base}?{}", kept.join("&"))
-        };
-        return Ok((url, mode, root));
-    }
-    let mut out = String::with_capacity(url.len());
-    let mut pos = 0;
-    for kv in KvParams::new(url) {
-        let Ok(kv) = kv else {
-            // Leave the string as it is: tokio-postgres reports the syntax error (validation
-            // prints the string redacted).
-            return Ok((url.to_string(), None, None));
-        };
-        match kv.key.as_str() {
-            "sslmode" => mode = Some(kv.value),
-            "sslrootcert" => root = Some(PathBuf::from(kv.value)),
-            _ => {
-                out.push_str(&url[pos..kv.end]);
-                pos = kv.end;
-                continue;
-            }
-        }
-        out.push_str(&url[pos..kv.start]);
-        pos = kv.end;
-    }
-    out.push_str(&url[pos..]);
-    Ok((out, mode, root))
-}
-
-/// One `key = value` of a libpq key=value connection string.
-struct KvParam {
-    key: String,
-    value: String,
-    /// Byte offsets: start of the key, start of the value, end of the value.
-    start: usize,
-    value_start: usize,
-    end: usize,
-}
-
-/// The parameters of a key=value connection string, parsed as tokio-postgres does (values may be
-/// single-quoted; a backslash escapes the next character). `Err(offset)` where the syntax breaks.
-struct KvParams<'a> {
-    s: &'a str,
-    pos: usize,
-    failed: bool,
-}
-
-impl<'a> KvParams<'a> {
-    fn new(s: &'a str) -> Self {
-        KvParams {
-            s,
-            pos: 0,
-            failed: false,
-        }
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(c) = self.s[self.pos..].chars().next() {
-            if !c.is_whitespace() {
-                break;
-            }
-            self.pos += c.len_utf8();
-        }
-    }
-}
-
-impl Iterator for KvParams<'_> {
-    type Item = Result<KvParam, usize>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        self.skip_ws();
-        if self.pos >= self.s.len() {
-            return None;
-        }
-        let start = self.pos;
-        let fail = |me: &mut Self| {
-            me.failed = true;
-            Some(Err(start))
-        };
-        let key_len = self.s[start..]
-            .find(|c: char| c.is_whitespace() || c == '=')
-            .unwrap_or(self.s.len() - start);
-        let key = self.s[start..start + key_len].to_string();
-        self.pos = start + key_len;
-        self.skip_ws();
-        if key.is_empty() || !self.s[self.pos..].starts_with('=') {
-            return fail(self);
-        }
-        self.pos += 1;
-        self.skip_ws();
-        let value_start = self.pos;
-        let mut value = String::new();
-        let mut chars = self.s[self.pos..].char_indices();
-        let quoted = self.s[self.pos..].starts_with('\'');
-        if quoted {
-            chars.next();
-        }
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, e)) => value.push(e),
-                    None => return fail(self),
-                },
-                '\'' if quoted => {
-                    end = Some(self.pos + i + 1);
-                    break;
-                }
-                c if !quoted && c.is_whitespace() => {
-                    end = Some(self.pos + i);
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        let end = match end {
-            Some(e) => e,
-            None if quoted => return fail(self),
-            None => self.s.len(),
-        };
-        self.pos = end;
-        Some(Ok(KvParam {
-            key,
-            value,
-            start,
-            value_start,
-            end,
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -1035,38 +698,6 @@ mod tests {
     }
 
     #[test]
-    fn redaction_hides_every_form_of_password() {
-        let cases = [
-            ("postgres://u:p%40ss@h:1/db", "postgres://u:***@h:1/db"),
-            // A raw `@` in the password: everything up to the last `@` is hidden.
-            ("postgres://u:p@ss@h:1/db", "postgres://u:***@h:1/db"),
-            (
-                "postgres://u@h/db?password=sekrit&x=1",
-                "postgres://u@h/db?password=***&x=1",
-            ),
-            (
-                "postgresql://h/db?passw%6Frd=sekrit",
-                "postgresql://h/db?passw%6Frd=***",
-            ),
-            (
-                "host=h password='a b\\' sekrit' user=u",
-                "host=h password=*** user=u",
-            ),
-            (
-                "host=h password = sekrit user=u",
-                "host=h password = *** user=u",
-            ),
-            ("host=h password='unterminated sekrit", "host=h ***"),
-            ("host=h sslpassword=sekrit", "host=h sslpassword=***"),
-        ];
-        for (url, want) in cases {
-            let got = redact_url(url);
-            assert_eq!(got, want, "{url}");
-            assert!(!got.contains("sekrit") && !got.contains("ss@"), "{got}");
-        }
-    }
-
-    #[test]
     fn secret_properties() {
         for k in [
             "sasl.password",
@@ -1091,58 +722,8 @@ mod tests {
     }
 
     #[test]
-    fn tls_settings_resolve_from_config_and_url() {
-        let pg = |url: &str, mode: Option<SslMode>, ca: Option<&str>| {
-            PostgresConfig {
-                url: url.into(),
-                sslmode: mode,
-                ssl_root_cert: ca.map(PathBuf::from),
-                ..Config::default().postgres
-            }
-            .tls()
-        };
-        let c = pg("postgres://u:p@h/db", None, None).unwrap();
-        assert_eq!((c.sslmode, c.root_cert), (SslMode::Prefer, None));
-        // A CA alone means "verify it".
-        let c = pg("postgres://u:p@h/db", None, Some("/ca.pem")).unwrap();
-        assert_eq!(c.sslmode, SslMode::VerifyFull);
-        // libpq's URL parameters are honoured and removed for tokio-postgres.
-        let c = pg(
-            "postgres://u:p@h/db?application_name=x&sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem",
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!(c.sslmode, SslMode::VerifyCa);
-        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
-        assert_eq!(c.url, "postgres://u:p@h/db?application_name=x");
-        let c = pg(
-            "host=h sslmode=require  sslrootcert='/a b.pem' user=u",
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!(c.sslmode, SslMode::Require);
-        assert_eq!(c.root_cert.as_deref(), Some(Path::new("/a b.pem")));
-        assert_eq!(
-            c.url.split_whitespace().collect::<Vec<_>>(),
-            ["host=h", "user=u"]
-        );
-        // Contradictions and unsafe combinations are refused.
-        let err = |r: Result<PgConnection, ConfigError>| r.unwrap_err().to_string();
-        assert!(err(pg(
-            "postgres://h/db?sslmode=require",
-            Some(SslMode::VerifyFull),
-            Some("/ca")
-        ))
-        .contains("one place"));
-        assert!(err(pg("postgres://h/db", Some(SslMode::VerifyFull), None))
-            .contains("postgres.ssl_root_cert"));
-        assert!(
-            err(pg("postgres://h/db", Some(SslMode::Prefer), Some("/ca"))).contains("never verify")
-        );
-        assert!(err(pg("postgres://h/db?sslmode=bogus", None, None)).contains("verify-full"));
-        // Through the whole configuration (env-style keys).
+    fn tls_settings_are_validated_with_the_configuration() {
+        // Resolving them is tested with the code, in store::postgres::connect.
         let c = with_toml("[postgres]\nsslmode = \"verify-full\"\nssl_root_cert = \"/ca.pem\"")
             .unwrap();
         assert_eq!(c.postgres.sslmode, Some(SslMode::VerifyFull));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::kafka as k;
 use common::pg::TestDb;
 use nekhebet_store::config::Config;
-use nekhebet_store::ingest::{self, IngestOptions, IngestReport};
 use nekhebet_store::dev::produce::{Kind, ProduceReport};
+use nekhebet_store::ingest::{self, IngestOptions, IngestReport};
 use nekhebet_store::store::Store;
 use tokio_util::sync::CancellationToken;
 

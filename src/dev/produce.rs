@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::envelope::{self, Limits};
 use crate::dev::signing::{self, EnvelopeSpec};
+use crate::envelope::{self, Limits};
 
 /// Event types the generator uses (nekhebet-core's registered ones, as in the sample set).
 pub const EVENT_TYPES: &[&str] = &[

@@ -31,7 +31,7 @@ use crate::dlq::DlqError;
 use crate::envelope::{Envelope, Rejection};
 use crate::partition::Position;
 use crate::reason::Reason;
-use crate::store::{ErrorClass, Item, LmdbError, Outcome, PgPhase, Store, StoreError};
+use crate::store::{ErrorClass, Item, Outcome, PgPhase, Store, StoreError};
 use crate::telemetry::{mask, names};
 
 /// Where the messages of a batch came from and where its refused ones go.
@@ -395,7 +395,7 @@ impl Applier {
 
     /// Says a transient failure is being retried; loudly when only an operator can end it.
     fn retrying(&self, e: &StoreError, envelopes: usize) {
-        if needs_operator(e) {
+        if e.needs_operator() {
             tracing::error!(error = %e, cause = e.cause(), envelopes, "store write failed; retrying the same batch (offsets do not move) until an operator makes room for LMDB");
         } else {
             tracing::warn!(error = %e, cause = e.cause(), envelopes, "store write failed; retrying the same batch (offsets do not move)");
@@ -445,13 +445,4 @@ impl Applier {
             );
         }
     }
-}
-
-/// A transient failure that lasts until someone acts: LMDB's map at `lmdb.max_map_size`, or its
-/// filesystem full.
-fn needs_operator(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::Lmdb(LmdbError::MapAtLimit { .. } | LmdbError::NoSpace(_))
-    )
 }

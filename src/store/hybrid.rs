@@ -14,9 +14,10 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::lmdb::BlobBatch;
+use super::plan::highest_offsets;
 use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, StoreError};
 use crate::config::LmdbLayout;
-use crate::partition::{Partition, Position};
+use crate::partition::Partition;
 use crate::telemetry::names;
 
 /// What a batch's LMDB phase needs from its PostgreSQL phase.
@@ -250,15 +251,4 @@ impl HybridStore {
         }
         Ok(self.pg.get_by_hash(hash).await?)
     }
-}
-
-/// The batch's offsets as LMDB records them: (topic, partition, highest offset).
-fn highest_offsets(items: &[Item]) -> Vec<Position> {
-    super::highest_offsets(items)
-        .into_iter()
-        .map(|(p, offset)| Position {
-            partition: p.clone(),
-            offset,
-        })
-        .collect()
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use nekhebet_store::config::Config;
-use nekhebet_store::ingest::{self, IngestOptions, IngestReport};
 use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
+use nekhebet_store::ingest::{self, IngestOptions, IngestReport};
 use nekhebet_store::store::Store;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;

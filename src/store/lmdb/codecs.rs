@@ -1,0 +1,132 @@
+//! Typed keys and values of our own LMDB databases (heed codecs). Their byte layouts ARE the
+//! on-disk format, which existing environments hold: the tests below pin them byte for byte.
+//!
+//! | database | key | value |
+//! |---|---|---|
+//! | `offsets` | [`PartitionKey`]: `topic \0 partition (be i32)` | [`BeI64`]: highest applied offset |
+//! | `blobs` (append layout) | [`BeI64`]: PostgreSQL's `events.seq` | envelope bytes |
+//! | `ids` | [`IdKey`]: the event id's 16 bytes | content hash (text) |
+//!
+//! `events` and `replay_guard` are nekhebet-store 4.0's (Python reads them): they stay plain bytes
+//! as Python writes them, with no decoder of ours between them and the reader.
+
+use std::borrow::Cow;
+
+use heed::{BoxedError, BytesDecode, BytesEncode};
+use uuid::Uuid;
+
+use crate::partition::Partition;
+
+/// A topic partition as `topic \0 partition`, the partition number big-endian (`i32`).
+pub enum PartitionKey {}
+
+/// The separator and the partition number after the topic.
+const PARTITION_TAIL: usize = 1 + 4;
+
+impl<'a> BytesEncode<'a> for PartitionKey {
+    type EItem = Partition;
+
+    fn bytes_encode(p: &'a Partition) -> Result<Cow<'a, [u8]>, BoxedError> {
+        let mut k = Vec::with_capacity(p.topic.len() + PARTITION_TAIL);
+        k.extend_from_slice(p.topic.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&p.number.to_be_bytes());
+        Ok(Cow::Owned(k))
+    }
+}
+
+impl<'a> BytesDecode<'a> for PartitionKey {
+    type DItem = Partition;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<Partition, BoxedError> {
+        let split = bytes
+            .len()
+            .checked_sub(PARTITION_TAIL)
+            .filter(|&at| bytes[at] == 0)
+            .ok_or("an offsets key is `topic \\0 partition(be i32)`")?;
+        let topic = std::str::from_utf8(&bytes[..split])?;
+        let number = i32::from_be_bytes(bytes[split + 1..].try_into()?);
+        Ok(Partition::new(topic, number))
+    }
+}
+
+/// An `i64`, big-endian, exactly 8 bytes: applied offsets, and PostgreSQL's `events.seq` (positive,
+/// so LMDB's byte order is their numeric order and MDB_APPEND sees them increase).
+pub enum BeI64 {}
+
+impl<'a> BytesEncode<'a> for BeI64 {
+    type EItem = i64;
+
+    fn bytes_encode(n: &'a i64) -> Result<Cow<'a, [u8]>, BoxedError> {
+        Ok(Cow::Owned(n.to_be_bytes().to_vec()))
+    }
+}
+
+impl<'a> BytesDecode<'a> for BeI64 {
+    type DItem = i64;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<i64, BoxedError> {
+        Ok(i64::from_be_bytes(bytes.try_into()?))
+    }
+}
+
+/// An event id as its 16 bytes.
+pub enum IdKey {}
+
+impl<'a> BytesEncode<'a> for IdKey {
+    type EItem = Uuid;
+
+    fn bytes_encode(id: &'a Uuid) -> Result<Cow<'a, [u8]>, BoxedError> {
+        Ok(Cow::Borrowed(id.as_bytes()))
+    }
+}
+
+impl<'a> BytesDecode<'a> for IdKey {
+    type DItem = Uuid;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<Uuid, BoxedError> {
+        Ok(Uuid::from_slice(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode<'a, C: BytesEncode<'a>>(item: &'a C::EItem) -> Vec<u8> {
+        C::bytes_encode(item).unwrap().into_owned()
+    }
+
+    #[test]
+    fn partition_keys_are_topic_nul_big_endian_partition() {
+        let p = Partition::new("events", 258);
+        let bytes = encode::<PartitionKey>(&p);
+        assert_eq!(bytes, b"events\0\x00\x00\x01\x02");
+        assert_eq!(PartitionKey::bytes_decode(&bytes).unwrap(), p);
+        assert!(PartitionKey::bytes_decode(b"events\x01\x00\x00\x01\x02").is_err());
+        assert!(PartitionKey::bytes_decode(b"\0\0\0").is_err());
+    }
+
+    #[test]
+    fn offsets_and_seqs_are_eight_big_endian_bytes() {
+        assert_eq!(
+            encode::<BeI64>(&0x0102_0304_0506_0708),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        assert_eq!(encode::<BeI64>(&-1), [0xff; 8]);
+        assert_eq!(BeI64::bytes_decode(&[0, 0, 0, 0, 0, 0, 1, 0]).unwrap(), 256);
+        // Not a prefix read: a value of another length is refused.
+        assert!(BeI64::bytes_decode(&[0; 7]).is_err());
+        assert!(BeI64::bytes_decode(&[0; 9]).is_err());
+        // Positive seqs sort in LMDB's (byte) order as numbers.
+        assert!(encode::<BeI64>(&255) < encode::<BeI64>(&256));
+    }
+
+    #[test]
+    fn ids_are_their_sixteen_bytes() {
+        let id = Uuid::from_u128(0x0011_2233_4455_6677_8899_aabb_ccdd_eeff);
+        assert_eq!(encode::<IdKey>(&id), id.as_bytes());
+        assert_eq!(IdKey::bytes_decode(id.as_bytes()).unwrap(), id);
+        assert!(IdKey::bytes_decode(&[0; 15]).is_err());
+    }
+}
