@@ -509,6 +509,13 @@ impl Config {
         Ok(())
     }
 
+    /// Whether the stores bind each key_id to the first public key seen for it: verification on and
+    /// no key registry (`verify.keys`, `verify.keys_file`), which otherwise decides which keys a
+    /// key_id may use. Without verification nothing checks the key, so nothing is pinned.
+    pub fn pins_keys(&self) -> bool {
+        self.verify.enabled && self.verify.keys.is_empty() && self.verify.keys_file.is_none()
+    }
+
     /// The dead-letter topic for messages from `source_topic`.
     pub fn dlq_topic_for(&self, source_topic: &str) -> String {
         if self.kafka.dlq_topic.is_empty() {

@@ -97,11 +97,16 @@ pub enum Reason {
 
     /// The checks panicked on this message (a decoder bug): dead-lettered rather than lost.
     InternalError,
+    /// The event id is already stored with another payload: not the same event.
+    IdConflict,
+    /// `issued_at` is older than the replay window (`replay_guard.retention`): its nonce may have
+    /// been cleaned up, so the replay guard could no longer tell a replay.
+    OutsideReplayWindow,
 }
 
 impl Reason {
     /// Every reason, decode first, in the order docs/reasons.md lists them.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 35] = [
         Reason::EmptyMessage,
         Reason::MessageTooLarge,
         Reason::InvalidUtf8,
@@ -135,6 +140,8 @@ impl Reason {
         Reason::NullValue,
         Reason::StoreRejected,
         Reason::InternalError,
+        Reason::IdConflict,
+        Reason::OutsideReplayWindow,
     ];
 
     /// The stable snake_case code.
@@ -173,6 +180,8 @@ impl Reason {
             Reason::NullValue => "null_value",
             Reason::StoreRejected => "store_rejected",
             Reason::InternalError => "internal_error",
+            Reason::IdConflict => "id_conflict",
+            Reason::OutsideReplayWindow => "outside_replay_window",
         }
     }
 
@@ -214,7 +223,11 @@ impl Reason {
             | Reason::SignatureInvalid
             | Reason::PayloadTooLarge
             | Reason::HashMismatch => Stage::Verification,
-            Reason::NullValue | Reason::StoreRejected | Reason::InternalError => Stage::Pipeline,
+            Reason::NullValue
+            | Reason::StoreRejected
+            | Reason::InternalError
+            | Reason::IdConflict
+            | Reason::OutsideReplayWindow => Stage::Pipeline,
         }
     }
 }

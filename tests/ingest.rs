@@ -218,26 +218,22 @@ async fn a_message_the_database_refuses_is_isolated_and_dead_lettered_the_rest_s
     use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
     let s = setup(1).await;
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-    let spec = |i: u64, id: Option<uuid::Uuid>| EnvelopeSpec {
+    let spec = |i: u64, source: &str| EnvelopeSpec {
         event_type: "omen.observed".into(),
-        source: "node-1".into(),
+        source: source.into(),
         key_id: "test-key".into(),
         payload: serde_json::json!({ "seq": i, "note": "x" }),
         issued_at: None,
         expires_at: None,
         nonce: None,
-        id,
+        id: None,
     };
-    // Envelope 30 reuses the id of envelope 10 with another payload: PostgreSQL refuses it (primary
-    // key), whatever batch it lands in.
-    let reused = uuid::Uuid::new_v4();
+    // Envelope 30 is genuinely signed, but its `source` holds a NUL character, which a TEXT column
+    // cannot store: PostgreSQL refuses it, whatever batch it lands in.
     let mut values = Vec::new();
     for i in 0..60u64 {
-        let id = match i {
-            10 | 30 => Some(reused),
-            _ => None,
-        };
-        values.push(sign(&spec(i, id), &key));
+        let source = if i == 30 { "node\u{0}1" } else { "node-1" };
+        values.push(sign(&spec(i, source), &key));
     }
     let producer: rdkafka::producer::FutureProducer =
         nekhebet_store::kafka::producer_config(&k::brokers(), &BTreeMap::new())

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::Committed;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -86,7 +87,6 @@ async fn scalar(db: &TestDb, sql: &str) -> i64 {
 /// duplicate (`ON CONFLICT (content_hash) DO NOTHING`). The outcome must not depend on which path
 /// the batch took: the blind COPY (a fresh store), the lookup path (after a conflict), or both in
 /// one batch.
-#[ignore = "issue 12 §1: fails on main; fixed in a later commit"]
 #[tokio::test]
 async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
     let db = TestDb::new().await;
@@ -101,12 +101,18 @@ async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
     let a = p.next_spec();
     let s1 = db.store().await;
     assert_eq!(
-        s1.save_batch(&[item(&p.sign(&a))]).await.unwrap(),
+        s1.save_batch(&[item(&p.sign(&a))])
+            .await
+            .unwrap()
+            .committed(),
         [Outcome::Stored]
     );
     let s2 = db.store().await;
     assert_eq!(
-        s2.save_batch(&[item(&resign(&p, &a))]).await.unwrap(),
+        s2.save_batch(&[item(&resign(&p, &a))])
+            .await
+            .unwrap()
+            .committed(),
         [Outcome::Duplicate],
         "blind COPY path"
     );
@@ -116,11 +122,17 @@ async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
     let mut replay = p.next_spec();
     replay.nonce = a.nonce.clone();
     assert_eq!(
-        s3.save_batch(&[item(&p.sign(&replay))]).await.unwrap(),
+        s3.save_batch(&[item(&p.sign(&replay))])
+            .await
+            .unwrap()
+            .committed(),
         [Outcome::Replay]
     );
     assert_eq!(
-        s3.save_batch(&[item(&resign(&p, &a))]).await.unwrap(),
+        s3.save_batch(&[item(&resign(&p, &a))])
+            .await
+            .unwrap()
+            .committed(),
         [Outcome::Duplicate],
         "lookup path"
     );
@@ -131,7 +143,8 @@ async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
     assert_eq!(
         s4.save_batch(&[item(&p.sign(&b)), item(&resign(&p, &b))])
             .await
-            .unwrap(),
+            .unwrap()
+            .committed(),
         [Outcome::Stored, Outcome::Duplicate],
         "within one batch"
     );
@@ -142,7 +155,6 @@ async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
 
 /// The same event id with another payload is not the same event: it is dead-lettered with its own
 /// reason (`id_conflict`), across batches and within one, and burns no nonce.
-#[ignore = "issue 12 §1: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
     let s = setup(1).await;
@@ -160,12 +172,13 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
     let mut d = p.next_spec();
     d.id = c.id;
     let e = p.next_spec();
+    let (b_bytes, d_bytes) = (p.sign(&b), p.sign(&d));
     let positions = publish(
         &s.topic,
         &[
-            (b"k".to_vec(), p.sign(&b)),
+            (b"k".to_vec(), b_bytes.clone()),
             (b"k".to_vec(), p.sign(&c)),
-            (b"k".to_vec(), p.sign(&d)),
+            (b"k".to_vec(), d_bytes.clone()),
             (b"k".to_vec(), p.sign(&e)),
         ],
         None,
@@ -185,8 +198,8 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
     assert_eq!(rejected(&report, "id_conflict"), 2, "{report:#?}");
     let dlq = dead_letters(&s.topic);
     assert_eq!(dlq.len(), 2);
-    assert_eq!(dlq[&positions[0]], ("id_conflict".into(), p.sign(&b)));
-    assert_eq!(dlq[&positions[2]], ("id_conflict".into(), p.sign(&d)));
+    assert_eq!(dlq[&positions[0]], ("id_conflict".into(), b_bytes));
+    assert_eq!(dlq[&positions[2]], ("id_conflict".into(), d_bytes));
     // The refused envelopes' nonces are not burned.
     let burned: i64 =
         s.db.client()
@@ -205,7 +218,6 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
 /// Kafka producers without idempotence resend a message on a retry: the same bytes at another
 /// offset. That is a redelivery, not a replay (no seth.caught for honest traffic), and nothing is
 /// dead-lettered or stored twice. A replay is a (key_id, nonce) reused by a *different* envelope.
-#[ignore = "issue 12 §2: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_where_every_message_is_published_twice_stores_each_once_with_no_replay() {
     let s = setup(2).await;
@@ -257,7 +269,6 @@ async fn a_topic_where_every_message_is_published_twice_stores_each_once_with_no
 /// `import` retrying a batch whose PostgreSQL commit went through (a lost COMMIT
 /// acknowledgement, LMDB full after the commit) must report its own rows as redelivered, not as
 /// replays; so must importing the same file twice.
-#[ignore = "issue 12 §2: fails on main; fixed in a later commit"]
 #[tokio::test]
 async fn importing_what_is_already_stored_reports_redelivered_not_replay() {
     let db = TestDb::new().await;
@@ -269,6 +280,7 @@ async fn importing_what_is_already_stored_reports_redelivered_not_replay() {
         .save_batch(&items)
         .await
         .unwrap()
+        .committed()
         .iter()
         .all(|o| *o == Outcome::Stored));
     // The retry of the same batch.
@@ -277,6 +289,7 @@ async fn importing_what_is_already_stored_reports_redelivered_not_replay() {
             .save_batch(&items)
             .await
             .unwrap()
+            .committed()
             .iter()
             .all(|o| *o == Outcome::Redelivered),
         "a retried batch is redelivered"
@@ -309,7 +322,6 @@ async fn importing_what_is_already_stored_reports_redelivered_not_replay() {
 /// first public key seen for a key_id is pinned, so an impostor's envelopes (a fresh nonce, and
 /// the victim's *next* nonce) are rejected `key_id_mismatch` before the replay guard, and the
 /// victim's genuine next envelope is stored.
-#[ignore = "issue 12 §4: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_cannot_burn_a_producers_next_nonce_without_a_key_registry() {
     let s = setup(1).await;
@@ -428,7 +440,6 @@ async fn replay_guard_cleanup_cannot_reopen_the_replay_window() {
 
 /// When a partition has no progress row yet, locking it locks nothing: a batch must wait for a
 /// writer that is creating the row (and applying the same messages), then see them as applied.
-#[ignore = "issue 12 §8: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitions_first_batch_waits_for_a_writer_creating_its_progress_row() {
     let db = TestDb::new().await;
@@ -465,7 +476,7 @@ async fn a_partitions_first_batch_waits_for_a_writer_creating_its_progress_row()
     })
     .await;
     tx.commit().await.unwrap();
-    let outcomes = saving.await.unwrap().unwrap();
+    let outcomes = saving.await.unwrap().unwrap().committed();
     assert_eq!(outcomes, [Outcome::Redelivered; 4]);
     assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 0);
 }

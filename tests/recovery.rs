@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::Committed;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -249,7 +250,11 @@ async fn an_lmdb_map_grown_by_another_process_is_adopted() {
             pos: None,
         })
         .collect();
-    store.save_batch(&first).await.expect("first batch");
+    store
+        .save_batch(&first)
+        .await
+        .expect("first batch")
+        .committed();
 
     // Another of our processes (here `import`, as `serve`'s mirror would) opens the same
     // environment with a 64 MiB map and fills it past our 1 MiB.
@@ -280,7 +285,8 @@ async fn an_lmdb_map_grown_by_another_process_is_adopted() {
     store
         .save_batch(&second)
         .await
-        .expect("the resized map is adopted");
+        .expect("the resized map is adopted")
+        .committed();
     drop(store);
     assert_eq!(common::faults::lmdb_blobs(dir.path()).await.len(), 3006);
 }
@@ -313,7 +319,8 @@ async fn a_foreign_blob_in_lmdb_is_never_served_and_reconcile_repair_replaces_it
             pos: None,
         }])
         .await
-        .unwrap();
+        .unwrap()
+        .committed();
     }
     // Replace the blob with another envelope's bytes behind the store's back.
     run_python(&format!(

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::Committed;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -97,7 +98,7 @@ async fn migrate_is_idempotent_and_versioned() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     // nekhebet-store 4.0's tables, columns and indexes are all there.
     for (table, column) in [
         ("events", "id"),
@@ -146,7 +147,11 @@ async fn append_only_is_enforced_by_the_database() {
     let db = TestDb::new().await;
     let store = db.store().await;
     let lines = sample_lines();
-    store.save_batch(&items(&lines[..3])).await.unwrap();
+    store
+        .save_batch(&items(&lines[..3]))
+        .await
+        .unwrap()
+        .committed();
     let client = db.client().await;
     for sql in [
         "UPDATE events SET source = 'forged'",
@@ -201,7 +206,7 @@ async fn postgres_outcomes_match_the_contract_within_and_across_batches() {
         b_replay.clone(),
         a.clone(),
     ];
-    let outcomes = store.save_batch(&items(&batch)).await.unwrap();
+    let outcomes = store.save_batch(&items(&batch)).await.unwrap().committed();
     assert_eq!(
         outcomes,
         vec![
@@ -213,7 +218,7 @@ async fn postgres_outcomes_match_the_contract_within_and_across_batches() {
         ]
     );
     // Across batches, the same classification.
-    let again = store.save_batch(&items(&batch)).await.unwrap();
+    let again = store.save_batch(&items(&batch)).await.unwrap().committed();
     assert_eq!(again, vec![Outcome::Replay; 5]);
     let a_dup2 = with_header(
         a,
@@ -223,7 +228,11 @@ async fn postgres_outcomes_match_the_contract_within_and_across_batches() {
         ],
     );
     assert_eq!(
-        store.save_batch(&items(&[a_dup2])).await.unwrap(),
+        store
+            .save_batch(&items(&[a_dup2]))
+            .await
+            .unwrap()
+            .committed(),
         vec![Outcome::Duplicate]
     );
     // Within a batch the first FRESH occurrence of a payload wins: a replay before it does not count.
@@ -239,7 +248,8 @@ async fn postgres_outcomes_match_the_contract_within_and_across_batches() {
     let outcomes = store
         .save_batch(&items(&[c_with_used_nonce, c.clone()]))
         .await
-        .unwrap();
+        .unwrap()
+        .committed();
     assert_eq!(outcomes, vec![Outcome::Replay, Outcome::Stored]);
 
     let (events, guards) = store.counts().await.unwrap();
@@ -273,11 +283,21 @@ async fn redelivered_messages_are_recognised_by_their_stored_offsets() {
             .collect()
     };
     assert_eq!(
-        tally(&store.save_batch(&with_pos(0..10)).await.unwrap()),
+        tally(
+            &store
+                .save_batch(&with_pos(0..10))
+                .await
+                .unwrap()
+                .committed()
+        ),
         [10, 0, 0, 0]
     );
     // Re-reading from an older position: the overlap is redelivered, the rest new.
-    let outcomes = store.save_batch(&with_pos(6..14)).await.unwrap();
+    let outcomes = store
+        .save_batch(&with_pos(6..14))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(tally(&outcomes), [4, 0, 4, 0]);
     let applied = store
         .applied_offsets(&[
@@ -373,15 +393,21 @@ async fn lmdb_outcomes_and_map_growth() {
         .await
         .unwrap();
     let lines = sample_lines();
-    let outcomes = store.save_batch(items(&lines)).await.unwrap();
+    let outcomes = store.save_batch(items(&lines)).await.unwrap().committed();
     assert_eq!(tally(&outcomes), [2000, 0, 0, 0]);
     assert_eq!(
-        tally(&store.save_batch(items(&lines[..10])).await.unwrap()),
+        tally(
+            &store
+                .save_batch(items(&lines[..10]))
+                .await
+                .unwrap()
+                .committed()
+        ),
         [0, 0, 0, 10]
     );
     let dup = with_header(&lines[0], &[("nonce", &new_nonce())]);
     assert_eq!(
-        store.save_batch(items(&[dup])).await.unwrap(),
+        store.save_batch(items(&[dup])).await.unwrap().committed(),
         vec![Outcome::Duplicate]
     );
     assert!(store.usage().0 > 1 << 20, "the map grew");
@@ -432,7 +458,10 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
     let hybrid = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
 
     // A crash between the two commits: PostgreSQL has the first 50, LMDB nothing.
-    pg.save_batch(&items(&lines[..50])).await.unwrap();
+    pg.save_batch(&items(&lines[..50]))
+        .await
+        .unwrap()
+        .committed();
     // A fallback read is served from PostgreSQL meanwhile.
     let first = decode(&lines[0]);
     assert_eq!(
@@ -440,7 +469,11 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
         lines[0].as_bytes()
     );
     // Redelivery of the same envelopes (replays for PostgreSQL) heals LMDB.
-    let outcomes = hybrid.save_batch(&items(&lines[..100])).await.unwrap();
+    let outcomes = hybrid
+        .save_batch(&items(&lines[..100]))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(tally(&outcomes), [50, 0, 0, 50]);
     assert_eq!(lmdb.len().await.unwrap(), 100);
     for l in &lines[..100] {
@@ -466,7 +499,7 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
         ],
     );
     assert_eq!(
-        hybrid.save_batch(&items(&[dup])).await.unwrap(),
+        hybrid.save_batch(&items(&[dup])).await.unwrap().committed(),
         vec![Outcome::Duplicate]
     );
     assert_eq!(
@@ -487,7 +520,7 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
             pos: Some(Position::new(topic.clone(), 0, i as i64)),
         })
         .collect();
-    hybrid.save_batch(&positioned).await.unwrap();
+    hybrid.save_batch(&positioned).await.unwrap().committed();
     let applied = hybrid
         .applied_offsets(&[Partition::new("t", 0)])
         .await
@@ -507,7 +540,10 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
         .await
         .unwrap();
     let store = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
-    pg.save_batch(&items(&lines[..50])).await.unwrap();
+    pg.save_batch(&items(&lines[..50]))
+        .await
+        .unwrap()
+        .committed();
     let mut blobs: Vec<(String, Bytes)> = lines[..40]
         .iter()
         .map(|l| (decode(l).header.payload_hash, Bytes::from(l.clone())))
@@ -584,11 +620,11 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
         })
         .collect();
     assert_eq!(
-        tally(&writer.save_batch(&batch).await.unwrap()),
+        tally(&writer.save_batch(&batch).await.unwrap().committed()),
         [5, 0, 0, 0]
     );
     assert_eq!(
-        tally(&writer.save_batch(&batch).await.unwrap()),
+        tally(&writer.save_batch(&batch).await.unwrap().committed()),
         [0, 0, 5, 0]
     );
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -641,11 +677,20 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
     let (pg, lmdb, hybrid) = append_hybrid(&db, dir.path()).await;
 
     assert_eq!(
-        tally(&hybrid.save_batch(&items(&lines[..20])).await.unwrap()),
+        tally(
+            &hybrid
+                .save_batch(&items(&lines[..20]))
+                .await
+                .unwrap()
+                .committed()
+        ),
         [20, 0, 0, 0]
     );
     // A crash between the commits: PostgreSQL has 20..50, LMDB not.
-    pg.save_batch(&items(&lines[20..50])).await.unwrap();
+    pg.save_batch(&items(&lines[20..50]))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(
         lmdb.last_seq().await.unwrap(),
         pg.seq_by_id(decode(&lines[19]).header.id)
@@ -654,7 +699,11 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
             .unwrap()
     );
     // Redelivery heals: the lost blobs are appended under their seq, new ones follow.
-    let outcomes = hybrid.save_batch(&items(&lines[..80])).await.unwrap();
+    let outcomes = hybrid
+        .save_batch(&items(&lines[..80]))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(tally(&outcomes), [30, 0, 0, 50]);
     for l in &lines[..80] {
         let e = decode(l);
@@ -687,7 +736,7 @@ async fn append_layout_keys_blobs_by_postgres_seq_and_heals_a_lost_lmdb_commit()
         ],
     );
     assert_eq!(
-        hybrid.save_batch(&items(&[dup])).await.unwrap(),
+        hybrid.save_batch(&items(&[dup])).await.unwrap().committed(),
         vec![Outcome::Duplicate]
     );
     assert_eq!(lmdb.last_seq().await.unwrap(), last);
@@ -702,14 +751,32 @@ async fn append_layout_heals_whatever_order_the_lost_batches_come_back_in() {
     let dir = tempfile::tempdir().unwrap();
     let lines = sample_lines();
     let (pg, lmdb, hybrid) = append_hybrid(&db, dir.path()).await;
-    hybrid.save_batch(&items(&lines[..20])).await.unwrap();
+    hybrid
+        .save_batch(&items(&lines[..20]))
+        .await
+        .unwrap()
+        .committed();
     // Two batches PostgreSQL committed and LMDB never saw.
-    pg.save_batch(&items(&lines[20..50])).await.unwrap();
-    pg.save_batch(&items(&lines[50..80])).await.unwrap();
+    pg.save_batch(&items(&lines[20..50]))
+        .await
+        .unwrap()
+        .committed();
+    pg.save_batch(&items(&lines[50..80]))
+        .await
+        .unwrap()
+        .committed();
     // The later one comes back first, with new messages: LMDB's last seq jumps past 20..50.
-    let outcomes = hybrid.save_batch(&items(&lines[50..90])).await.unwrap();
+    let outcomes = hybrid
+        .save_batch(&items(&lines[50..90]))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(tally(&outcomes), [10, 0, 0, 30]);
-    let outcomes = hybrid.save_batch(&items(&lines[20..50])).await.unwrap();
+    let outcomes = hybrid
+        .save_batch(&items(&lines[20..50]))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(tally(&outcomes), [0, 0, 0, 30]);
     for l in &lines[..90] {
         let e = decode(l);
@@ -722,7 +789,11 @@ async fn append_layout_heals_whatever_order_the_lost_batches_come_back_in() {
     }
     // Nothing is appended twice, and new envelopes still go to the end.
     let last = lmdb.last_seq().await.unwrap();
-    let outcomes = hybrid.save_batch(&items(&lines[..100])).await.unwrap();
+    let outcomes = hybrid
+        .save_batch(&items(&lines[..100]))
+        .await
+        .unwrap()
+        .committed();
     assert_eq!(tally(&outcomes), [10, 0, 0, 90]);
     assert!(lmdb.last_seq().await.unwrap() > last);
 }
@@ -749,7 +820,7 @@ async fn writers_racing_on_the_same_envelopes_retry_and_store_each_once() {
                 let mut retries = 0;
                 loop {
                     match store.save_batch(&batch).await {
-                        Ok(outcomes) => return (outcomes, retries),
+                        Ok(outcomes) => return (outcomes.committed(), retries),
                         Err(e) => {
                             assert!(e.is_retriable(), "a lost race must be retriable: {e}");
                             retries += 1;

@@ -8,6 +8,7 @@ mod common;
 #[path = "common/tls.rs"]
 mod tls_servers;
 
+use common::Committed;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -113,7 +114,8 @@ async fn postgres_sslmodes_against_a_hostssl_only_server() {
             pos: None,
         }])
         .await
-        .expect("save over TLS");
+        .expect("save over TLS")
+        .committed();
     assert_eq!(store.get(id).await.unwrap().as_deref(), Some(&bytes[..]));
     let (ssl, version) = session_tls(&store).await;
     assert!(ssl, "verify-full session is not encrypted");

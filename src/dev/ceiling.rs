@@ -44,11 +44,27 @@ pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::proc
         .context("connecting to PostgreSQL")?;
     pg.migrate().await?;
     let mut client = pg.pool().get().await?;
+    // The ceiling writes rows nothing verified: never into a database that holds a store.
+    let held: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM events LIMIT 1) e) \
+                  + (SELECT count(*) FROM (SELECT 1 FROM replay_guard LIMIT 1) g)",
+            &[],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        held == 0,
+        "bench-ceiling writes unverified rows: it only runs against an empty database, and this \
+         one holds events or replay-guard rows (point postgres.url at a fresh database)"
+    );
     let started = Instant::now();
     let tx = client.transaction().await?;
     // The worker's own COPY statements, so the ceiling writes exactly the rows it would.
-    let headers: Vec<&Header> = envs.iter().map(|e| &e.header).collect();
-    postgres::copy_guard(&tx, &headers).await?;
+    let digests = crate::store::plan::envelope_digests(&envs);
+    let guard: Vec<(&Header, &crate::store::plan::Digest)> =
+        envs.iter().map(|e| &e.header).zip(&digests).collect();
+    postgres::copy_guard(&tx, &guard).await?;
     let seqs = postgres::next_seqs(&tx, envs.len()).await?;
     let rows: Vec<(&Envelope, Option<&Position>, i64)> = envs
         .iter()

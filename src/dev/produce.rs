@@ -61,6 +61,8 @@ pub struct ProduceOptions {
     pub file: Option<PathBuf>,
     pub duplicate_ratio: f64,
     pub replay_ratio: f64,
+    /// Share of exact resends of an earlier message (a producer's retry without idempotence).
+    pub repeat_ratio: f64,
     pub poison_ratio: f64,
     /// Create the topic with this many partitions first if it does not exist.
     pub partitions: Option<i32>,
@@ -82,6 +84,7 @@ impl Default for ProduceOptions {
             file: None,
             duplicate_ratio: 0.0,
             replay_ratio: 0.0,
+            repeat_ratio: 0.0,
             poison_ratio: 0.0,
             partitions: None,
             seed: None,
@@ -96,7 +99,10 @@ impl Default for ProduceOptions {
 pub enum Kind {
     Valid,
     Duplicate,
+    /// Another envelope on an earlier message's `(key_id, nonce)`, signed by its key.
     Replay,
+    /// An earlier message again, byte for byte (a producer's retry): expect `redelivered`.
+    Repeat,
     Poison(Poison),
 }
 
@@ -106,6 +112,7 @@ impl Kind {
             Kind::Valid => "valid",
             Kind::Duplicate => "duplicate",
             Kind::Replay => "replay",
+            Kind::Repeat => "repeat",
             Kind::Poison(p) => p.as_str(),
         }
     }
@@ -160,6 +167,8 @@ pub struct ProduceReport {
     pub duplicates: u64,
     /// Expect `replay`.
     pub replays: u64,
+    /// Expect `redelivered`.
+    pub repeats: u64,
     /// Expect `rejected`.
     pub poison: u64,
     pub poison_by_kind: BTreeMap<&'static str, u64>,
@@ -182,6 +191,7 @@ impl std::fmt::Display for ProduceReport {
         writeln!(f, "  valid      {:>8}  (expect stored)", self.valid)?;
         writeln!(f, "  duplicate  {:>8}  (expect duplicate)", self.duplicates)?;
         writeln!(f, "  replay     {:>8}  (expect replay)", self.replays)?;
+        writeln!(f, "  repeat     {:>8}  (expect redelivered)", self.repeats)?;
         write!(
             f,
             "  poison     {:>8}  (expect rejected → DLQ)",
@@ -201,6 +211,10 @@ struct Original {
     event_type: String,
     source: String,
     payload: Value,
+    key_id: String,
+    nonce: String,
+    /// Its signing key, when the generator made it (a file's lines come without theirs).
+    signer: Option<SigningKey>,
 }
 
 /// A generated message: what it is meant to be, Kafka key, value, envelope id.
@@ -289,7 +303,9 @@ impl Generator {
     fn next(&mut self, kind: Kind) -> anyhow::Result<Option<Generated>> {
         // Without an earlier original a duplicate or replay cannot exist yet: send a valid one.
         let kind = match kind {
-            Kind::Duplicate | Kind::Replay if self.originals.is_empty() => Kind::Valid,
+            Kind::Duplicate | Kind::Replay | Kind::Repeat if self.originals.is_empty() => {
+                Kind::Valid
+            }
             k => k,
         };
         Ok(match kind {
@@ -326,8 +342,40 @@ impl Generator {
             }
             Kind::Replay => {
                 let i = self.rng.gen_range(0..self.originals.len());
+                let seq = self.rng.next_u64();
+                let id = self.id();
                 let o = &self.originals[i];
-                Some((Kind::Replay, o.key.clone(), o.value.clone(), None))
+                match o.signer.clone() {
+                    // Same key_id and nonce, another payload and id, signed by the genuine key:
+                    // the replay guard must catch it. Same Kafka key, so it follows the original
+                    // in its partition.
+                    Some(sk) => {
+                        let spec = EnvelopeSpec {
+                            event_type: o.event_type.clone(),
+                            source: o.source.clone(),
+                            key_id: o.key_id.clone(),
+                            payload: json!({ "replayed": seq, "of": o.nonce }),
+                            issued_at: None,
+                            expires_at: None,
+                            nonce: Some(o.nonce.clone()),
+                            id: Some(id),
+                        };
+                        let key = o.key.clone();
+                        Some((
+                            Kind::Replay,
+                            key,
+                            Bytes::from(signing::sign(&spec, &sk)),
+                            Some(id),
+                        ))
+                    }
+                    // A line of a file comes without its key: resend it instead.
+                    None => Some((Kind::Repeat, o.key.clone(), o.value.clone(), None)),
+                }
+            }
+            Kind::Repeat => {
+                let i = self.rng.gen_range(0..self.originals.len());
+                let o = &self.originals[i];
+                Some((Kind::Repeat, o.key.clone(), o.value.clone(), None))
             }
             Kind::Poison(p) => {
                 let n = self.rng.next_u64();
@@ -384,6 +432,9 @@ impl Generator {
                     event_type: spec.event_type,
                     source: spec.source,
                     payload: spec.payload,
+                    key_id: spec.key_id,
+                    nonce: spec.nonce.unwrap_or_default(),
+                    signer: Some(sk),
                 });
                 Ok(Some((key, value, Some(id))))
             }
@@ -414,6 +465,9 @@ impl Generator {
                             event_type: env.header.event_type.clone(),
                             source: env.header.source.clone(),
                             payload,
+                            key_id: env.header.key_id.clone(),
+                            nonce: env.header.nonce.clone(),
+                            signer: None,
                         });
                     }
                 }
@@ -466,6 +520,7 @@ pub async fn run(
     for (name, r) in [
         ("duplicate ratio", opts.duplicate_ratio),
         ("replay ratio", opts.replay_ratio),
+        ("repeat ratio", opts.repeat_ratio),
         ("poison ratio", opts.poison_ratio),
     ] {
         anyhow::ensure!(
@@ -474,8 +529,8 @@ pub async fn run(
         );
     }
     anyhow::ensure!(
-        opts.duplicate_ratio + opts.replay_ratio + opts.poison_ratio <= 1.0,
-        "duplicate + replay + poison ratios must not exceed 1"
+        opts.duplicate_ratio + opts.replay_ratio + opts.repeat_ratio + opts.poison_ratio <= 1.0,
+        "duplicate + replay + repeat + poison ratios must not exceed 1"
     );
     if let Some(r) = opts.rate {
         anyhow::ensure!(
@@ -544,6 +599,12 @@ pub async fn run(
             Kind::Duplicate
         } else if r < opts.poison_ratio + opts.duplicate_ratio + opts.replay_ratio {
             Kind::Replay
+        } else if r < opts.poison_ratio
+            + opts.duplicate_ratio
+            + opts.replay_ratio
+            + opts.repeat_ratio
+        {
+            Kind::Repeat
         } else {
             Kind::Valid
         };
@@ -638,6 +699,7 @@ fn settle(
                     Kind::Valid => report.valid += 1,
                     Kind::Duplicate => report.duplicates += 1,
                     Kind::Replay => report.replays += 1,
+                    Kind::Repeat => report.repeats += 1,
                     Kind::Poison(p) => {
                         report.poison += 1;
                         *report.poison_by_kind.entry(p.as_str()).or_default() += 1;
@@ -705,12 +767,30 @@ mod tests {
     }
 
     #[test]
-    fn replay_is_the_exact_bytes_with_the_same_key() {
+    fn a_replay_is_another_envelope_on_the_same_nonce_and_a_repeat_the_same_bytes() {
+        let limits = Limits {
+            max_message_bytes: 1 << 20,
+        };
         let mut g = Generator::new(&opts(3)).unwrap();
         let (_, k0, v0, _) = g.next(Kind::Valid).unwrap().unwrap();
         let (kind, k1, v1, _) = g.next(Kind::Replay).unwrap().unwrap();
         assert_eq!(kind, Kind::Replay);
-        assert_eq!((k0, v0), (k1, v1));
+        assert_eq!(k0, k1, "same Kafka key: same partition, after the original");
+        let (a, b) = (
+            envelope::decode(v0.clone(), &limits).unwrap(),
+            envelope::decode(v1, &limits).unwrap(),
+        );
+        envelope::validate(&b).unwrap();
+        assert_eq!(
+            (&a.header.key_id, &a.header.nonce),
+            (&b.header.key_id, &b.header.nonce)
+        );
+        assert_eq!(a.public_key, b.public_key, "signed by the genuine key");
+        assert_ne!(a.header.payload_hash, b.header.payload_hash);
+        assert_ne!(a.header.id, b.header.id);
+        let (kind, k2, v2, _) = g.next(Kind::Repeat).unwrap().unwrap();
+        assert_eq!(kind, Kind::Repeat);
+        assert_eq!((k0, v0), (k2, v2));
     }
 
     #[test]
@@ -775,9 +855,14 @@ pub struct ProduceArgs {
     /// Share of messages that re-sign an earlier payload with a new nonce and id (→ duplicate).
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_ratio: f64,
-    /// Share of messages that repeat an earlier envelope byte for byte (→ replay, seth.caught).
+    /// Share of messages that reuse an earlier envelope's (key_id, nonce) for another envelope,
+    /// signed by its key (→ replay, seth.caught).
     #[arg(long, default_value_t = 0.0)]
     pub replay_ratio: f64,
+    /// Share of messages that resend an earlier envelope byte for byte, as a producer retrying
+    /// without idempotence does (→ redelivered).
+    #[arg(long, default_value_t = 0.0)]
+    pub repeat_ratio: f64,
     /// Share of malformed messages: truncated JSON, bad nonce, not JSON, empty value (→ DLQ).
     #[arg(long, default_value_t = 0.0)]
     pub poison_ratio: f64,
@@ -798,6 +883,7 @@ impl From<ProduceArgs> for ProduceOptions {
             file: a.file,
             duplicate_ratio: a.duplicate_ratio,
             replay_ratio: a.replay_ratio,
+            repeat_ratio: a.repeat_ratio,
             poison_ratio: a.poison_ratio,
             partitions: a.partitions,
             seed: a.seed,

@@ -31,7 +31,7 @@ use crate::dlq::DlqError;
 use crate::envelope::{Envelope, Rejection};
 use crate::partition::Position;
 use crate::reason::Reason;
-use crate::store::{ErrorClass, Item, Outcome, PgPhase, Store, StoreError};
+use crate::store::{ErrorClass, Item, Outcome, PgPhase, Saved, Store, StoreError};
 use crate::telemetry::{mask, names};
 
 /// Where the messages of a batch came from and where its refused ones go.
@@ -300,7 +300,22 @@ impl Applier {
                 return Ok(None);
             }
             match self.store.save_postgres(&chunk.items).await {
-                Ok(phase) => {
+                Ok(Saved::Refused(refused)) => {
+                    // Dead-lettered first (their partitions' offsets will pass them), then the
+                    // rest of the chunk is saved again without them.
+                    let mut gone: Vec<usize> = refused.iter().map(|(k, _)| *k).collect();
+                    let letters = refused
+                        .into_iter()
+                        .map(|(k, rejection)| (chunk.idx[k], rejection))
+                        .collect();
+                    self.reject(sink, letters, applied).await?;
+                    gone.sort_unstable();
+                    for k in gone.into_iter().rev() {
+                        chunk.idx.remove(k);
+                        chunk.items.remove(k);
+                    }
+                }
+                Ok(Saved::Committed(phase)) => {
                     if phase.outcomes.len() != chunk.items.len() {
                         return Err(ApplyError::Fatal(format!(
                             "internal error: the store returned {} outcomes for {} envelopes",

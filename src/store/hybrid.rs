@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::lmdb::BlobBatch;
 use super::plan::highest_offsets;
-use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, StoreError};
+use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, Saved, StoreError};
 use crate::config::LmdbLayout;
 use crate::partition::Partition;
 use crate::telemetry::names;
@@ -68,22 +68,28 @@ impl HybridStore {
         self.layout
     }
 
-    /// Both phases, one after the other (import, tests).
-    pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
-        let phase = self.save_postgres(items).await?;
-        self.write_lmdb(items, &phase).await?;
-        Ok(phase.outcomes)
+    /// Both phases, one after the other (tests).
+    pub async fn save_batch(&self, items: &[Item]) -> Result<Saved<Vec<Outcome>>, StoreError> {
+        match self.save_postgres(items).await? {
+            Saved::Committed(phase) => {
+                self.write_lmdb(items, &phase).await?;
+                Ok(Saved::Committed(phase.outcomes))
+            }
+            Saved::Refused(r) => Ok(Saved::Refused(r)),
+        }
     }
 
     /// Phase 1: the PostgreSQL transaction. Once it returns, the outcomes are final; the batch
     /// is durable in LMDB only after [`HybridStore::write_lmdb`] with the returned phase.
-    pub async fn save_postgres(&self, items: &[Item]) -> Result<PgPhase, StoreError> {
+    pub async fn save_postgres(&self, items: &[Item]) -> Result<Saved<PgPhase>, StoreError> {
         let started = Instant::now();
-        let (outcomes, seqs) = self.pg.save_batch_with_seqs(items).await?;
+        let saved = self.pg.save_batch_with_seqs(items).await?;
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "postgres")
             .record(started.elapsed().as_secs_f64());
-        crate::failpoint::hit("after_postgres_commit");
-        Ok(PgPhase { outcomes, seqs })
+        if matches!(saved, Saved::Committed(_)) {
+            crate::failpoint::hit("after_postgres_commit");
+        }
+        Ok(saved.map(|(outcomes, seqs)| PgPhase { outcomes, seqs }))
     }
 
     /// Phase 2: ONE LMDB write transaction with the blobs PostgreSQL holds for the batch (and

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::config::{Config, StoreMode};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Rejection};
 use crate::partition::{Partition, Position};
 
 pub use error::{ErrorClass, StoreError};
@@ -69,6 +69,26 @@ impl Outcome {
     }
 }
 
+/// What saving a batch did: committed (one outcome per item), or nothing written because the
+/// store's rules refuse some of its messages (`key_id_mismatch`, `id_conflict`). A refused message
+/// must reach the dead-letter sink before any transaction that advances its partition's offset
+/// past it commits, so the caller dead-letters the refusals and saves the rest again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved<T> {
+    Committed(T),
+    /// (index in the batch, why), in batch order.
+    Refused(Vec<(usize, Rejection)>),
+}
+
+impl<T> Saved<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Saved<U> {
+        match self {
+            Saved::Committed(t) => Saved::Committed(f(t)),
+            Saved::Refused(r) => Saved::Refused(r),
+        }
+    }
+}
+
 /// Metadata of a stored event (no blob).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMetadata {
@@ -94,20 +114,30 @@ impl Store {
     /// Opens the repository `config.store.mode` names. PostgreSQL must be migrated (`migrate`).
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
         Ok(match config.store.mode {
-            StoreMode::Postgres => Store::Postgres(PgStore::connect(&config.postgres).await?),
-            StoreMode::Lmdb => Store::Lmdb(LmdbStore::open(&config.lmdb, true).await?),
+            StoreMode::Postgres => Store::Postgres(Self::connect_pg(config).await?),
+            StoreMode::Lmdb => Store::Lmdb(
+                LmdbStore::open(&config.lmdb, true)
+                    .await?
+                    .with_key_pinning(config.pins_keys()),
+            ),
             StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
-                PgStore::connect(&config.postgres).await?,
+                Self::connect_pg(config).await?,
                 LmdbStore::open(&config.lmdb, false).await?,
                 config.lmdb.layout,
             )),
         })
     }
 
+    async fn connect_pg(config: &Config) -> Result<PgStore, StoreError> {
+        Ok(PgStore::connect(&config.postgres)
+            .await?
+            .with_key_pinning(config.pins_keys()))
+    }
+
     /// Saves a batch: one PostgreSQL transaction and/or one LMDB write transaction. Returns one
     /// outcome per item, in order. Items with a Kafka position also advance the stored offsets of
     /// their partitions in the same transaction(s).
-    pub async fn save_batch(&self, items: &[Item]) -> Result<Vec<Outcome>, StoreError> {
+    pub async fn save_batch(&self, items: &[Item]) -> Result<Saved<Vec<Outcome>>, StoreError> {
         match self {
             Store::Postgres(pg) => Ok(pg.save_batch(items).await?),
             Store::Lmdb(lmdb) => lmdb.save_batch(items.to_vec()).await,
@@ -117,10 +147,10 @@ impl Store {
 
     /// Phase 1 of [`Store::save_batch`]: the hybrid store's PostgreSQL transaction (outcomes are
     /// final once it returns); the whole save for the single-database stores.
-    pub async fn save_postgres(&self, items: &[Item]) -> Result<PgPhase, StoreError> {
+    pub async fn save_postgres(&self, items: &[Item]) -> Result<Saved<PgPhase>, StoreError> {
         match self {
-            Store::Postgres(pg) => Ok(PgPhase::done(pg.save_batch(items).await?)),
-            Store::Lmdb(lmdb) => Ok(PgPhase::done(lmdb.save_batch(items.to_vec()).await?)),
+            Store::Postgres(pg) => Ok(pg.save_batch(items).await?.map(PgPhase::done)),
+            Store::Lmdb(lmdb) => Ok(lmdb.save_batch(items.to_vec()).await?.map(PgPhase::done)),
             Store::Hybrid(h) => h.save_postgres(items).await,
         }
     }

@@ -6,6 +6,8 @@
 //! | `offsets` | [`PartitionKey`]: `topic \0 partition (be i32)` | [`BeI64`]: highest applied offset |
 //! | `blobs` (append layout) | [`BeI64`]: PostgreSQL's `events.seq` | envelope bytes |
 //! | `ids` | [`IdKey`]: the event id's 16 bytes | content hash (text) |
+//! | `guard_claims` (LMDB-only) | `"{key_id}:{nonce}"` (as `replay_guard`) | [`Claim`]: the claiming envelope's SHA-256, then when it was stored (be i64 µs) |
+//! | `key_pins` (LMDB-only) | key_id (text) | [`PublicKeys`]: 32-byte Ed25519 keys, concatenated |
 //!
 //! `events` and `replay_guard` are nekhebet-store 4.0's (Python reads them): they stay plain bytes
 //! as Python writes them, with no decoder of ours between them and the reader.
@@ -89,6 +91,60 @@ impl<'a> BytesDecode<'a> for IdKey {
     }
 }
 
+/// Who claimed a `(key_id, nonce)` and when: the SHA-256 of the envelope's bytes and the time it
+/// was stored (µs since the epoch), 40 bytes.
+pub enum Claim {}
+
+/// A claim: (envelope digest, stored at in µs since the epoch).
+pub type ClaimValue = ([u8; 32], i64);
+
+impl<'a> BytesEncode<'a> for Claim {
+    type EItem = ClaimValue;
+
+    fn bytes_encode((digest, stored_at): &'a ClaimValue) -> Result<Cow<'a, [u8]>, BoxedError> {
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(digest);
+        v.extend_from_slice(&stored_at.to_be_bytes());
+        Ok(Cow::Owned(v))
+    }
+}
+
+impl<'a> BytesDecode<'a> for Claim {
+    type DItem = ClaimValue;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<ClaimValue, BoxedError> {
+        if bytes.len() != 40 {
+            return Err("a claim is a 32-byte digest and a be i64 time".into());
+        }
+        Ok((
+            bytes[..32].try_into()?,
+            i64::from_be_bytes(bytes[32..].try_into()?),
+        ))
+    }
+}
+
+/// Ed25519 public keys, 32 bytes each, concatenated.
+pub enum PublicKeys {}
+
+impl<'a> BytesEncode<'a> for PublicKeys {
+    type EItem = Vec<[u8; 32]>;
+
+    fn bytes_encode(keys: &'a Vec<[u8; 32]>) -> Result<Cow<'a, [u8]>, BoxedError> {
+        Ok(Cow::Owned(keys.concat()))
+    }
+}
+
+impl<'a> BytesDecode<'a> for PublicKeys {
+    type DItem = Vec<[u8; 32]>;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<Vec<[u8; 32]>, BoxedError> {
+        if !bytes.len().is_multiple_of(32) {
+            return Err("public keys are 32 bytes each".into());
+        }
+        bytes.chunks_exact(32).map(|k| Ok(k.try_into()?)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +176,21 @@ mod tests {
         assert!(BeI64::bytes_decode(&[0; 9]).is_err());
         // Positive seqs sort in LMDB's (byte) order as numbers.
         assert!(encode::<BeI64>(&255) < encode::<BeI64>(&256));
+    }
+
+    #[test]
+    fn claims_and_pins_round_trip_and_refuse_other_lengths() {
+        let claim = ([7u8; 32], 1_790_000_000_123_456);
+        let bytes = encode::<Claim>(&claim);
+        assert_eq!(bytes.len(), 40);
+        assert_eq!(&bytes[32..], 1_790_000_000_123_456i64.to_be_bytes());
+        assert_eq!(Claim::bytes_decode(&bytes).unwrap(), claim);
+        assert!(Claim::bytes_decode(&bytes[..39]).is_err());
+        let keys = vec![[1u8; 32], [2u8; 32]];
+        let bytes = encode::<PublicKeys>(&keys);
+        assert_eq!(bytes.len(), 64);
+        assert_eq!(PublicKeys::bytes_decode(&bytes).unwrap(), keys);
+        assert!(PublicKeys::bytes_decode(&bytes[..63]).is_err());
     }
 
     #[test]

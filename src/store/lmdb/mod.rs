@@ -7,6 +7,9 @@
 //! and databases of ours, which Python never opens:
 //! - `ids`: event id (16 bytes) → content hash, so `get(id)` is a B-tree lookup, not Python's scan
 //! - `offsets`: `topic \0 partition(be i32)` → highest applied offset (be i64)
+//! - `guard_claims`, `key_pins` (LMDB-only mode): who claimed each `replay_guard` entry (the
+//!   envelope's SHA-256, to tell an exact repeat from a replay) and when it was stored (retention);
+//!   the public keys each key_id is pinned to
 //! - `blobs` (append layout): PostgreSQL's `events.seq` (be i64, positive) → envelope bytes,
 //!   written with MDB_APPEND: pages fill left to right, nothing is rewritten, so the rate holds
 //!   when the file no longer fits in memory (random hash keys do not: every insert touches a
@@ -28,9 +31,10 @@ use heed::types::{Bytes, Str};
 use heed::{BytesEncode, Database, Env, EnvFlags, EnvOpenOptions, PutFlags, RoTxn, RwTxn, WithTls};
 use uuid::Uuid;
 
-use self::codecs::{BeI64, IdKey, PartitionKey};
+use self::codecs::{BeI64, Claim, IdKey, PartitionKey, PublicKeys};
 use self::error::TxnError;
-use super::{AppliedOffsets, Item, Outcome, StoreError};
+use super::plan::{digests, highest_offsets, plan_batch, Held};
+use super::{AppliedOffsets, Item, Outcome, Saved, StoreError};
 use crate::config::LmdbConfig;
 use crate::partition::{Partition, Position};
 
@@ -49,6 +53,10 @@ struct Dbs {
     ids: Database<IdKey, Str>,
     /// Partition → highest applied offset.
     offsets: Database<PartitionKey, BeI64>,
+    /// LMDB-only: `"{key_id}:{nonce}"` → who claimed it, when.
+    claims: Database<Bytes, Claim>,
+    /// LMDB-only: key_id → pinned public keys.
+    pins: Database<Str, PublicKeys>,
 }
 
 struct Inner {
@@ -60,6 +68,8 @@ struct Inner {
     max_map_size: u64,
     /// LMDB-only mode: this store is the replay guard and the id index.
     standalone: bool,
+    /// LMDB-only mode: bind each key_id to the first public key seen for it.
+    pin_keys: bool,
     /// The environment directory (to tell a full filesystem from other IO errors).
     path: PathBuf,
 }
@@ -129,6 +139,8 @@ impl LmdbStore {
             replay: env.create_database(&mut wtxn, Some("replay_guard"))?,
             ids: env.create_database(&mut wtxn, Some("ids"))?,
             offsets: env.create_database(&mut wtxn, Some("offsets"))?,
+            claims: env.create_database(&mut wtxn, Some("guard_claims"))?,
+            pins: env.create_database(&mut wtxn, Some("key_pins"))?,
         };
         wtxn.commit()?;
         Ok(LmdbStore {
@@ -138,6 +150,7 @@ impl LmdbStore {
                 gate: RwLock::new(()),
                 max_map_size,
                 standalone,
+                pin_keys: false,
                 path: path.clone(),
             }),
         })
@@ -230,41 +243,88 @@ impl LmdbStore {
         Ok(())
     }
 
-    /// LMDB-only save: replay guard, idempotency and offsets in ONE write transaction.
-    pub async fn save_batch(&self, items: Vec<Item>) -> Result<Vec<Outcome>, StoreError> {
+    /// In LMDB-only mode, bind each key_id to the first public key seen for it (see
+    /// `PgStore::with_key_pinning`). Call before the store is shared.
+    pub fn with_key_pinning(mut self, on: bool) -> LmdbStore {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.pin_keys = on;
+        }
+        self
+    }
+
+    /// LMDB-only save: replay guard, idempotency, pins and offsets in ONE write transaction,
+    /// decided by the same plan as PostgreSQL's ([`plan_batch`]).
+    pub async fn save_batch(&self, items: Vec<Item>) -> Result<Saved<Vec<Outcome>>, StoreError> {
+        let pin_keys = self.inner.pin_keys;
+        let digests = digests(&items);
         self.write_blocking(move |dbs, wtxn| {
-            let mut outcomes = Vec::with_capacity(items.len());
+            // What LMDB holds of the batch's keys (owned: the writes below need the transaction).
+            let mut redelivered = Vec::with_capacity(items.len());
+            let mut claims = Vec::new();
+            let mut hashes = Vec::new();
+            let mut ids = Vec::new();
+            let mut pins = Vec::new();
             for item in &items {
                 let h = &item.envelope.header;
-                if let Some(pos) = &item.pos {
-                    if dbs
+                redelivered.push(match &item.pos {
+                    Some(pos) => dbs
                         .offsets
                         .get(wtxn, &pos.partition)?
-                        .is_some_and(|a| pos.offset <= a)
-                    {
-                        outcomes.push(Outcome::Redelivered);
-                        continue;
-                    }
+                        .is_some_and(|a| pos.offset <= a),
+                    None => false,
+                });
+                let rk = guard_key(&h.key_id, &h.nonce);
+                if dbs.replay.get(wtxn, &rk)?.is_some() {
+                    let claim = dbs.claims.get(wtxn, &rk)?.map(|(digest, _)| digest);
+                    claims.push(((h.key_id.as_str(), h.nonce.as_str()), claim));
                 }
-                let rk = format!("{}:{}", h.key_id, h.nonce);
-                if dbs.replay.get(wtxn, rk.as_bytes())?.is_some() {
-                    outcomes.push(Outcome::Replay);
-                } else {
-                    dbs.replay
-                        .put(wtxn, rk.as_bytes(), h.issued_at.as_bytes())?;
-                    let (hash, blob) = (h.payload_hash.as_bytes(), &item.envelope.bytes);
-                    if put_new(dbs.events, wtxn, PutFlags::NO_OVERWRITE, hash, blob)? {
-                        dbs.ids.put(wtxn, &h.id, &h.payload_hash)?;
-                        outcomes.push(Outcome::Stored);
-                    } else {
-                        outcomes.push(Outcome::Duplicate);
-                    }
+                if dbs.events.get(wtxn, h.payload_hash.as_bytes())?.is_some() {
+                    hashes.push(h.payload_hash.as_str());
                 }
-                if let Some(pos) = &item.pos {
-                    dbs.offsets.put(wtxn, &pos.partition, &pos.offset)?;
+                if let Some(stored) = dbs.ids.get(wtxn, &h.id)? {
+                    ids.push((h.id, stored.to_string()));
+                }
+                if pin_keys {
+                    if let Some(keys) = dbs.pins.get(wtxn, &h.key_id)? {
+                        pins.push((h.key_id.as_str(), keys));
+                    }
                 }
             }
-            Ok(outcomes)
+            let held = Held {
+                keys: claims.into_iter().collect(),
+                hashes: hashes.into_iter().collect(),
+                ids: ids.iter().map(|(id, hash)| (*id, hash.as_str())).collect(),
+                pins: pin_keys.then(|| pins.into_iter().collect()),
+            };
+            let plan = plan_batch(&items, &digests, &redelivered, &held);
+            let refusals = plan.refusals();
+            if !refusals.is_empty() {
+                // Nothing written: the caller dead-letters them, then saves the rest again.
+                return Ok(Saved::Refused(refusals));
+            }
+            let stored_at = chrono::Utc::now().timestamp_micros();
+            for &i in &plan.guard_rows {
+                let h = &items[i].envelope.header;
+                let rk = guard_key(&h.key_id, &h.nonce);
+                dbs.replay.put(wtxn, &rk, h.issued_at.as_bytes())?;
+                dbs.claims.put(wtxn, &rk, &(digests[i], stored_at))?;
+            }
+            for &i in &plan.event_rows {
+                let (h, blob) = (&items[i].envelope.header, &items[i].envelope.bytes);
+                put_new(
+                    dbs.events,
+                    wtxn,
+                    PutFlags::NO_OVERWRITE,
+                    h.payload_hash.as_bytes(),
+                    blob,
+                )?;
+                dbs.ids.put(wtxn, &h.id, &h.payload_hash)?;
+            }
+            for (key_id, key) in &plan.new_pins {
+                dbs.pins.put(wtxn, key_id, &vec![*key])?;
+            }
+            write_offsets(dbs, wtxn, &highest_offsets(&items))?;
+            Ok(Saved::Committed(plan.outcomes().unwrap_or_default()))
         })
         .await
     }
@@ -466,6 +526,11 @@ impl LmdbStore {
     }
 }
 
+/// The key of `replay_guard` (nekhebet-store 4.0's) and `guard_claims`.
+fn guard_key(key_id: &str, nonce: &str) -> Vec<u8> {
+    format!("{key_id}:{nonce}").into_bytes()
+}
+
 /// Puts `key` unless it is there already (MDB_KEYEXIST, which is also MDB_APPEND's answer for a
 /// key not above the last): whether it was written.
 fn put_new<'a, KC, DC>(
@@ -554,7 +619,7 @@ mod tests {
         let envelope = item.envelope.bytes.clone();
         assert_eq!(
             store.save_batch(vec![item]).await.unwrap(),
-            [Outcome::Stored]
+            Saved::Committed(vec![Outcome::Stored])
         );
         let blob = bytes::Bytes::from_static(b"blob");
         let advanced = vec![Position::new("t", 3, 42)];

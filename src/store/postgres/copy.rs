@@ -10,6 +10,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use super::{PgError, PgErrorKind};
 use crate::envelope::{Envelope, Header};
 use crate::partition::Position;
+use crate::store::plan::Digest;
 
 /// The `events.seq` values of the rows this batch stores, taken from the identity's own sequence
 /// (so rows inserted by other writers with the column default never collide with them). The
@@ -20,8 +21,8 @@ const NEXT_SEQS_SQL: &str = "WITH s AS MATERIALIZED \
      SELECT nextval(s.seq) FROM s, generate_series(1, $1::int)";
 
 const COPY_GUARD_SQL: &str =
-    "COPY replay_guard (key_id, nonce, issued_at) FROM STDIN (FORMAT binary)";
-const COPY_GUARD_TYPES: [Type; 3] = [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
+    "COPY replay_guard (key_id, nonce, issued_at, envelope_sha256) FROM STDIN (FORMAT binary)";
+const COPY_GUARD_TYPES: [Type; 4] = [Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::BYTEA];
 
 const COPY_EVENTS_SQL: &str = "COPY events (id, event_type, issued_at, source, content_hash, \
      envelope, kafka_topic, kafka_partition, kafka_offset, key_id, nonce, seq) FROM STDIN (FORMAT binary)";
@@ -132,13 +133,14 @@ impl CopyRows {
 /// Binary COPY of `replay_guard` rows (the worker's batches, and `bench-ceiling`).
 pub(crate) async fn copy_guard(
     tx: &deadpool_postgres::Transaction<'_>,
-    headers: &[&Header],
+    rows: &[(&Header, &Digest)],
 ) -> Result<(), PgError> {
-    let mut rows = CopyRows::new(&COPY_GUARD_TYPES);
-    for h in headers {
-        rows.push(&[&h.key_id, &h.nonce, &h.issued_at_ts])?;
+    let mut copy = CopyRows::new(&COPY_GUARD_TYPES);
+    for (h, digest) in rows {
+        let digest: &[u8] = &digest[..];
+        copy.push(&[&h.key_id, &h.nonce, &h.issued_at_ts, &digest])?;
     }
-    rows.send(tx, COPY_GUARD_SQL).await?;
+    copy.send(tx, COPY_GUARD_SQL).await?;
     Ok(())
 }
 

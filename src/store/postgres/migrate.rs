@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "writer_sequence",
         sql: include_str!("../../../migrations/0004_writer_sequence.sql"),
     },
+    Migration {
+        version: 5,
+        name: "exactly_once",
+        sql: include_str!("../../../migrations/0005_exactly_once.sql"),
+    },
 ];
 
 impl PgStore {

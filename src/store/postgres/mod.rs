@@ -40,8 +40,10 @@ use crate::config::PostgresConfig;
 pub use crate::store::error::ErrorClass;
 pub use connect::{connector, CertCheck, PgConnection};
 pub use conninfo::redact_url;
+#[cfg(any(test, feature = "dev"))]
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
+pub use write::Committed;
 
 /// The PostgreSQL repository (a connection pool).
 #[derive(Clone)]
@@ -49,6 +51,8 @@ pub struct PgStore {
     pool: Pool,
     /// Batches left to save with lookups first (see [`PgStore::save_batch_with_seqs`]).
     careful_batches: Arc<AtomicU32>,
+    /// Bind each key_id to the first public key seen for it (no key registry configured).
+    pin_keys: bool,
 }
 
 impl PgStore {
@@ -57,9 +61,17 @@ impl PgStore {
         let store = PgStore {
             pool: connect::pool(cfg)?,
             careful_batches: Arc::new(AtomicU32::new(0)),
+            pin_keys: false,
         };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// With pinning on, each key_id is bound to the first public key seen for it (and to those an
+    /// operator pins); an envelope signed with another key is refused `key_id_mismatch`.
+    pub fn with_key_pinning(mut self, on: bool) -> PgStore {
+        self.pin_keys = on;
+        self
     }
 
     pub fn pool(&self) -> &Pool {
