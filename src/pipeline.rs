@@ -20,6 +20,9 @@ use crate::verify::{Verifier, VerifyConfig};
 pub struct Checker {
     limits: Limits,
     verifier: Option<Verifier>,
+    /// `replay_guard.retention`: envelopes issued before it are rejected (their nonce may be
+    /// cleaned up already, so the replay guard could not tell a replay).
+    replay_window: Option<std::time::Duration>,
 }
 
 impl Checker {
@@ -36,6 +39,7 @@ impl Checker {
             } else {
                 None
             },
+            replay_window: config.replay_guard.retention,
         })
     }
 
@@ -108,7 +112,16 @@ impl Checker {
         metrics::histogram!(names::STAGE_SECONDS, "stage" => "decode")
             .record(started.elapsed().as_secs_f64());
         let started = std::time::Instant::now();
-        let verdicts = self.validate_or_verify(decoded, now);
+        let mut verdicts = self.validate_or_verify(decoded, now);
+        if let Some(window) = self.replay_window {
+            for v in &mut verdicts {
+                if let Ok(env) = v {
+                    if let Some(rejection) = outside_window(env, window, now) {
+                        *v = Err(rejection);
+                    }
+                }
+            }
+        }
         let stage = if self.verifier.is_some() {
             "verify"
         } else {
@@ -199,6 +212,26 @@ pub fn verify_config(settings: &VerifySettings) -> Result<VerifyConfig, ConfigEr
         clock_skew_s: settings.clock_skew_s,
         event_types: settings.event_types.clone(),
         keys,
+    })
+}
+
+/// `outside_replay_window` when `env` was issued longer than `window` before `now`.
+fn outside_window(
+    env: &Envelope,
+    window: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Option<Rejection> {
+    let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let oldest = now.checked_sub_signed(window)?;
+    (env.header.issued_at_ts < oldest).then(|| {
+        Rejection::new(
+            Reason::OutsideReplayWindow,
+            format!(
+                "issued_at {} is older than the replay window (replay_guard.retention = {}): its nonce may already be cleaned up",
+                env.header.issued_at,
+                humantime::format_duration(window.to_std().unwrap_or_default())
+            ),
+        )
     })
 }
 

@@ -366,7 +366,6 @@ async fn an_impostor_cannot_burn_a_producers_next_nonce_without_a_key_registry()
 /// refused, rows are chosen by when they were stored (a key holder can backdate `issued_at`), and
 /// once a retention is configured an envelope issued before the window is rejected at ingest, so
 /// a cleaned-up nonce can never be replayed.
-#[ignore = "issue 12 §5: fails on main; fixed in a later commit"]
 #[tokio::test]
 async fn replay_guard_cleanup_cannot_reopen_the_replay_window() {
     let db = TestDb::new().await;

@@ -14,7 +14,8 @@ use common::faults::Scenario;
 use common::kafka as k;
 use common::pg::TestDb;
 use common::worker::{
-    cli_on, ingest_until_caught_up, publish, run_python, try_ingest_until_caught_up, Producer,
+    cli_on, dev_cli_on, ingest_until_caught_up, publish, run_python, try_ingest_until_caught_up,
+    Producer,
 };
 use nekhebet_store::store::{HybridStore, LmdbStore, Store};
 
@@ -345,7 +346,6 @@ async fn a_foreign_blob_in_lmdb_is_never_served_and_reconcile_repair_replaces_it
 }
 
 /// The benchmark helper writes unverified rows: it must refuse a database that holds events.
-#[ignore = "issue 12 §11: fails on main; fixed in a later commit"]
 #[tokio::test]
 async fn bench_ceiling_refuses_a_database_that_holds_events() {
     let db = TestDb::new().await;
@@ -367,7 +367,7 @@ async fn bench_ceiling_refuses_a_database_that_holds_events() {
         .map(|_| String::from_utf8(p.next()).unwrap())
         .collect();
     std::fs::write(&file, more.join("\n") + "\n").unwrap();
-    let out = cli_on(
+    let out = dev_cli_on(
         &db.url,
         &dir.path().join("lmdb-ceiling"),
         &["bench-ceiling", file.to_str().unwrap()],
@@ -377,6 +377,8 @@ async fn bench_ceiling_refuses_a_database_that_holds_events() {
         !out.status.success(),
         "bench-ceiling wrote into a real store"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("empty database"), "{stderr}");
     let n: i64 = db
         .client()
         .await

@@ -403,7 +403,18 @@ async fn lmdb_outcomes_and_map_growth() {
                 .unwrap()
                 .committed()
         ),
-        [0, 0, 0, 10]
+        [0, 0, 10, 0],
+        "the same envelopes again are exact repeats: redelivered"
+    );
+    let replay = with_header(&lines[1], &[("id", &uuid::Uuid::new_v4().to_string())]);
+    assert_eq!(
+        store
+            .save_batch(items(&[replay]))
+            .await
+            .unwrap()
+            .committed(),
+        vec![Outcome::Replay],
+        "another envelope on a used (key_id, nonce)"
     );
     let dup = with_header(&lines[0], &[("nonce", &new_nonce())]);
     assert_eq!(
@@ -424,9 +435,10 @@ async fn lmdb_outcomes_and_map_growth() {
         );
     }
     assert_eq!(store.len().await.unwrap(), 2000);
-    // Cleanup of the replay guard reopens the nonces.
+    // Cleanup of the replay guard (everything stored before a future instant) reopens the nonces.
+    let future = chrono::Utc::now() + chrono::Duration::days(365);
     assert_eq!(
-        store.cleanup_replay_guard("9999".into()).await.unwrap(),
+        store.cleanup_replay_guard(future, false).await.unwrap(),
         2001
     );
 }

@@ -3,6 +3,7 @@
 mod import;
 pub mod ingest;
 pub mod reconcile;
+pub mod replay_guard;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ pub enum Command {
     },
     /// Replay-guard maintenance.
     #[command(name = "replay-guard", subcommand)]
-    ReplayGuard(ReplayGuardCommand),
+    ReplayGuard(replay_guard::ReplayGuardCommand),
     /// Compare PostgreSQL and LMDB (missing blobs, orphans, differing bytes); `--repair` copies
     /// missing blobs from PostgreSQL. Exit 1 when inconsistent and not repaired.
     Reconcile {
@@ -67,21 +68,6 @@ pub enum Command {
     },
     /// Print the effective configuration as TOML, secrets masked.
     Config,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ReplayGuardCommand {
-    /// Delete replay-guard entries issued before a duration ago (30d, 12h, 90m, 45s) or an RFC 3339
-    /// instant, in every configured store.
-    ///
-    /// Trade-off: once an entry is deleted, the same (key_id, nonce) is accepted again. Envelopes
-    /// that carry `expires_at` are still refused by verification once expired, but for envelopes
-    /// WITHOUT `expires_at` the replay window reopens: keep the retention longer than any replay
-    /// you must catch.
-    Cleanup {
-        #[arg(long)]
-        older_than: String,
-    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -202,24 +188,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { repair } => reconcile::run(&config, repair).await,
-        Command::ReplayGuard(ReplayGuardCommand::Cleanup { older_than }) => {
-            let cutoff = parse_cutoff(&older_than, chrono::Utc::now())?;
-            let store = Store::open(&config).await.context("opening the store")?;
-            if let Some(pg) = store.postgres() {
-                println!(
-                    "postgres: deleted {} replay-guard rows issued before {cutoff}",
-                    pg.cleanup_replay_guard(cutoff).await?
-                );
-            }
-            if let Some(lmdb) = store.lmdb() {
-                let iso = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-                println!(
-                    "lmdb: deleted {} replay-guard entries issued before {iso}",
-                    lmdb.cleanup_replay_guard(iso.clone()).await?
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::ReplayGuard(c) => replay_guard::run(c, &config).await,
         Command::Config => {
             let mut shown = config.clone();
             shown.postgres.url = crate::config::redact_url(&shown.postgres.url);
@@ -232,50 +201,4 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 fn toml_dump(config: &Config) -> anyhow::Result<String> {
     Ok(toml::to_string_pretty(config)?)
-}
-
-/// `30d`, `12h`, `90m`, `45s` before `now`, or an RFC 3339 instant.
-pub fn parse_cutoff(
-    s: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("--older-than {s:?}: expected a duration like 30d, 12h, 90m, 45s or an RFC 3339 instant"))?;
-    let d = match unit {
-        "d" => chrono::Duration::days(n),
-        "h" => chrono::Duration::hours(n),
-        "m" => chrono::Duration::minutes(n),
-        "s" => chrono::Duration::seconds(n),
-        _ => anyhow::bail!("--older-than {s:?}: expected a duration like 30d, 12h, 90m, 45s or an RFC 3339 instant"),
-    };
-    Ok(now - d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cutoffs() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-01-31T00:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        assert_eq!(
-            parse_cutoff("1d", now).unwrap().to_rfc3339(),
-            "2026-01-30T00:00:00+00:00"
-        );
-        assert_eq!(
-            parse_cutoff("2026-01-01T00:00:00Z", now)
-                .unwrap()
-                .to_rfc3339(),
-            "2026-01-01T00:00:00+00:00"
-        );
-        assert!(parse_cutoff("soon", now).is_err());
-        assert!(parse_cutoff("5y", now).is_err());
-    }
 }

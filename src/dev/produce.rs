@@ -41,7 +41,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "osiris.remembered",
 ];
 
-/// Development signing keys: `dev-collector-0` … `dev-collector-3`.
+/// Development signing keys: `dev-<seed>-0` … `dev-<seed>-3`. Each seed is a different set of
+/// producers, with key_ids of their own: the store pins a key_id to the first key it sees.
 pub const DEV_KEYS: usize = 4;
 
 /// How many earlier valid envelopes are remembered as originals for duplicates and replays.
@@ -242,6 +243,9 @@ struct Generator {
 impl Generator {
     fn new(opts: &ProduceOptions) -> anyhow::Result<Generator> {
         let seed = opts.seed.unwrap_or_else(|| rand::thread_rng().next_u64());
+        let producers = hex::encode(
+            &Sha256::digest(format!("nekhebet-store producers {seed}").as_bytes())[..4],
+        );
         let keys = (0..DEV_KEYS)
             .map(|i| {
                 let digest =
@@ -249,7 +253,7 @@ impl Generator {
                 let mut secret = [0u8; 32];
                 secret.copy_from_slice(&digest);
                 (
-                    format!("dev-collector-{i}"),
+                    format!("dev-{producers}-{i}"),
                     SigningKey::from_bytes(&secret),
                 )
             })

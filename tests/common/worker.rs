@@ -83,13 +83,30 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// `cli`, with the store settings of a test database and LMDB directory.
 pub fn cli_on(db_url: &str, lmdb: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_on(
+        env!("CARGO_BIN_EXE_nekhebet-store"),
+        db_url,
+        lmdb,
+        args,
+        env,
+    )
+}
+
+/// [`cli_on`] for the development binary (`produce`, `bench-ceiling`).
+pub fn dev_cli_on(db_url: &str, lmdb: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_on(env!("CARGO_BIN_EXE_nekhebet-dev"), db_url, lmdb, args, env)
+}
+
+fn run_on(bin: &str, db_url: &str, lmdb: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let lmdb = lmdb.display().to_string();
-    let mut all: Vec<(&str, &str)> = vec![
-        ("NEKHEBET_POSTGRES__URL", db_url),
-        ("NEKHEBET_LMDB__PATH", &lmdb),
-    ];
-    all.extend_from_slice(env);
-    cli(args, &all)
+    Command::new(bin)
+        .args(args)
+        .env("NEKHEBET_POSTGRES__URL", db_url)
+        .env("NEKHEBET_LMDB__PATH", &lmdb)
+        .envs(env.iter().copied())
+        .env_remove("NEKHEBET_FAILPOINT")
+        .output()
+        .expect("run the binary")
 }
 
 /// The value of an outcome row in `import`'s summary (`stored      12`).

@@ -480,21 +480,38 @@ impl LmdbStore {
         .await
     }
 
-    /// Deletes replay-guard entries issued before `older_than_iso` (ISO-8601 strings compare in time
-    /// order, as in Python's `cleanup_replay_guard`).
-    pub async fn cleanup_replay_guard(&self, older_than_iso: String) -> Result<u64, StoreError> {
+    /// Deletes replay-guard entries issued AND stored before `older_than` (the stored time is in
+    /// `guard_claims`). An entry without a claim (nekhebet-store 4.0's) has no stored time: it is
+    /// kept unless `force`. ISO-8601 `issued_at` strings compare in time order, as in Python's
+    /// `cleanup_replay_guard`.
+    pub async fn cleanup_replay_guard(
+        &self,
+        older_than: chrono::DateTime<chrono::Utc>,
+        force: bool,
+    ) -> Result<u64, StoreError> {
+        let iso = older_than.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let cutoff_us = older_than.timestamp_micros();
         self.write_blocking(move |dbs, wtxn| {
             let mut stale = Vec::new();
             for kv in dbs.replay.iter(wtxn)? {
                 let (k, v) = kv?;
-                if v < older_than_iso.as_bytes() {
+                if v < iso.as_bytes() {
                     stale.push(k.to_vec());
                 }
             }
+            let mut deleted = 0;
             for k in &stale {
-                dbs.replay.delete(wtxn, k)?;
+                let stored_before = match dbs.claims.get(wtxn, k)? {
+                    Some((_, stored_at)) => stored_at < cutoff_us,
+                    None => force,
+                };
+                if stored_before {
+                    dbs.replay.delete(wtxn, k)?;
+                    dbs.claims.delete(wtxn, k)?;
+                    deleted += 1;
+                }
             }
-            Ok(stale.len() as u64)
+            Ok(deleted)
         })
         .await
     }

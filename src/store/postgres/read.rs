@@ -110,12 +110,15 @@ impl PgStore {
         Ok(stream_rows(client, rows, |r| r.get(0)))
     }
 
-    /// Deletes replay-guard rows issued before `older_than`; returns how many.
+    /// Deletes replay-guard rows issued AND stored before `older_than`; returns how many.
     pub async fn cleanup_replay_guard(&self, older_than: DateTime<Utc>) -> Result<u64, PgError> {
         let client = self.pool.get().await?;
+        // Both times: `issued_at` is the producer's (a key holder can backdate it), `stored_at`
+        // ours. A row goes only when both are older than the cutoff, so an envelope that could
+        // still claim the nonce is refused by the replay window instead (see the cleanup command).
         Ok(client
             .execute(
-                "DELETE FROM replay_guard WHERE issued_at < $1",
+                "DELETE FROM replay_guard WHERE stored_at < $1 AND issued_at < $1",
                 &[&older_than],
             )
             .await?)
