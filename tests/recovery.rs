@@ -24,7 +24,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A message whose batch reached PostgreSQL before a crash is `redelivered` when it is read again,
 /// even if it would now fail the checks (here: its `expires_at` passed while the worker was down).
 /// It must never end both stored and dead-lettered.
-#[ignore = "issue 12 §3: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_applied_before_a_crash_is_redelivered_even_if_it_expired_meanwhile() {
     let _serial = SERIAL.lock().await;

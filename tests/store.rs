@@ -333,6 +333,9 @@ impl Sink for Recorded {
     fn position(&self, _: usize) -> Option<&Position> {
         None
     }
+    fn value(&self, _: usize) -> Option<&bytes::Bytes> {
+        None
+    }
     async fn reject(
         &self,
         refused: &[(usize, &nekhebet_store::envelope::Rejection)],

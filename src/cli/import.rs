@@ -195,6 +195,10 @@ impl Sink for Lines<'_> {
         None
     }
 
+    fn value(&self, _: usize) -> Option<&Bytes> {
+        None
+    }
+
     async fn reject(&self, refused: &[(usize, &Rejection)]) -> Vec<Result<(), DlqError>> {
         refused
             .iter()

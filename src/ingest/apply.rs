@@ -28,8 +28,10 @@ use super::backoff::Backoff;
 use super::consumer::PauseFlags;
 use super::report::IngestReport;
 use crate::dlq::DlqError;
-use crate::envelope::{Envelope, Rejection};
-use crate::partition::Position;
+use bytes::Bytes;
+
+use crate::envelope::{self, Envelope, Limits, Rejection};
+use crate::partition::{Partition, Position};
 use crate::reason::Reason;
 use crate::store::{ErrorClass, Item, Outcome, PgPhase, Saved, Store, StoreError};
 use crate::telemetry::{mask, names};
@@ -41,6 +43,8 @@ pub trait Sink: Sync {
     fn owns(&self, i: usize) -> bool;
     /// The Kafka position of message `i` (`import` has none).
     fn position(&self, i: usize) -> Option<&Position>;
+    /// The bytes of message `i` as received (to heal LMDB from a message already applied).
+    fn value(&self, i: usize) -> Option<&Bytes>;
     /// Makes these refusals durable (the dead-letter topic acknowledged them): one result per
     /// refusal, in order. A failed one is retried with backoff.
     fn reject(
@@ -173,9 +177,81 @@ impl Applier {
                 Err(rejection) => refused.push((i, rejection)),
             }
         }
+        let refused = self.already_applied(sink, refused, &mut applied).await?;
         self.reject(sink, refused, &mut applied).await?;
         self.save_isolating(sink, chunk, &mut applied).await?;
         Ok(applied)
+    }
+
+    /// Of the messages the checks refuse, those whose Kafka message was applied before (a crash
+    /// before its offset commit) are `redelivered`, not refused: they were decided when they were
+    /// applied, and checking them again now could reject what is stored (an `expires_at` passed
+    /// meanwhile, a key left the registry, a lowered size limit). Their blobs go to the LMDB phase,
+    /// which heals LMDB if the crash came before its commit. Returns the rest, still refused.
+    async fn already_applied<S: Sink>(
+        &mut self,
+        sink: &S,
+        refused: Vec<(usize, Rejection)>,
+        applied: &mut Applied,
+    ) -> Result<Vec<(usize, Rejection)>, ApplyError> {
+        let mut partitions: Vec<Partition> = refused
+            .iter()
+            .filter_map(|(i, _)| sink.position(*i).map(|p| p.partition.clone()))
+            .collect();
+        if partitions.is_empty() {
+            return Ok(refused);
+        }
+        partitions.sort();
+        partitions.dedup();
+        let mut backoff = self.backoff();
+        let decided = loop {
+            match self.store.decided_offsets(&partitions).await {
+                Ok(d) => break d,
+                Err(e) => match e.class() {
+                    ErrorClass::Transient => {
+                        self.retrying(&e, refused.len());
+                        self.back_off(&mut backoff, e.cause(), &mut applied.report)
+                            .await?;
+                    }
+                    ErrorClass::Message | ErrorClass::Fatal => {
+                        return Err(ApplyError::Fatal(format!("store: {e}")));
+                    }
+                },
+            }
+        };
+        self.recovered(&backoff);
+        let mut still = Vec::with_capacity(refused.len());
+        let mut heal = Vec::new();
+        for (i, rejection) in refused {
+            let was_applied = sink.position(i).is_some_and(|p| {
+                decided
+                    .get(&p.partition)
+                    .is_some_and(|&done| p.offset <= done)
+            });
+            if !was_applied {
+                still.push((i, rejection));
+                continue;
+            }
+            tracing::info!(position = ?sink.position(i).map(ToString::to_string), now = %rejection, "a message applied before is read again; it would now be refused, but it was decided when it was applied: redelivered");
+            applied.fates[i] = Fate::Done(Outcome::Redelivered);
+            let lenient = Limits {
+                max_message_bytes: usize::MAX,
+            };
+            if let Some(envelope) = sink
+                .value(i)
+                .and_then(|v| envelope::decode(v.clone(), &lenient).ok())
+            {
+                heal.push(Item {
+                    envelope,
+                    pos: sink.position(i).cloned(),
+                });
+            }
+        }
+        if !heal.is_empty() {
+            let phase = PgPhase::done(vec![Outcome::Redelivered; heal.len()]);
+            applied.saved.push((heal, phase));
+        }
+        Ok(still)
     }
 
     /// Hands the refusals to the sink, retrying failures until each is acknowledged or its

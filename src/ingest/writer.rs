@@ -104,6 +104,10 @@ impl Sink for RecordSink {
         self.positions.get(i)
     }
 
+    fn value(&self, i: usize) -> Option<&bytes::Bytes> {
+        self.records.get(i).and_then(|r| r.value.as_ref())
+    }
+
     async fn reject(&self, refused: &[(usize, &Rejection)]) -> Vec<Result<(), DlqError>> {
         let letters: Vec<DeadLetter> = refused
             .iter()

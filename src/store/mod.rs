@@ -177,6 +177,20 @@ impl Store {
         }
     }
 
+    /// The offset up to which each partition's messages are decided, by the authority: PostgreSQL
+    /// (in hybrid mode LMDB may lag it after a crash between the two commits), LMDB in LMDB-only
+    /// mode. A message at or below it was applied, whatever the checks would say of it now.
+    pub async fn decided_offsets(
+        &self,
+        partitions: &[Partition],
+    ) -> Result<AppliedOffsets, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.applied_offsets(partitions).await?),
+            Store::Hybrid(h) => Ok(h.pg().applied_offsets(partitions).await?),
+            Store::Lmdb(lmdb) => lmdb.applied_offsets(partitions.to_vec()).await,
+        }
+    }
+
     /// The envelope bytes of event `id`.
     pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
