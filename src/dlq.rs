@@ -135,12 +135,12 @@ impl DlqError {
 /// The dead-letter producer. Cheap to clone.
 #[derive(Clone)]
 pub struct DlqSink {
-    producer: FutureProducer,
+    producer: FutureProducer<crate::kafka::Watch>,
     configured_topic: String,
 }
 
 impl DlqSink {
-    pub fn new(config: &Config) -> Result<DlqSink, KafkaError> {
+    pub fn new(config: &Config, watch: crate::kafka::Watch) -> Result<DlqSink, KafkaError> {
         let mut cc = crate::kafka::producer_config(&config.kafka.brokers, &config.kafka.properties);
         // A rejected message can be up to the consumer's limit (or bigger: "oversize" is a reason);
         // librdkafka's own 1 MB default would refuse those before the broker sees them.
@@ -156,7 +156,9 @@ impl DlqSink {
             cc.set("message.timeout.ms", "30000");
         }
         Ok(DlqSink {
-            producer: cc.create().map_err(crate::kafka::redact_error)?,
+            producer: cc
+                .create_with_context(watch)
+                .map_err(crate::kafka::redact_error)?,
             configured_topic: config.kafka.dlq_topic.clone(),
         })
     }

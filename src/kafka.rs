@@ -5,11 +5,12 @@
 //! except the few the worker's correctness depends on, which [`consumer_config`] re-asserts.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -21,6 +22,101 @@ const PINNED_CONSUMER: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
 ];
+
+/// A shared "why Kafka refuses us" (`None` while it does not): credentials, ACLs, certificates.
+pub type KafkaProblem = Arc<Mutex<Option<String>>>;
+
+/// librdkafka's own words for "refused until someone acts", in its log lines (its error events
+/// carry only the code).
+const REFUSALS_IN_LOGS: &[(&str, &str)] = &[
+    ("SSL handshake failed", "TLS failed"),
+    ("SASL authentication error", "authentication failed"),
+    ("Authentication failed", "authentication failed"),
+];
+
+/// The client context of every client of the worker (consumer, dead-letter producer, admin):
+/// forwards librdkafka's log lines to `tracing`, and records a refusal that lasts until someone
+/// acts (wrong credentials, a missing ACL, an untrusted certificate) for `/readyz`, saying so at
+/// ERROR level every 30 s rather than at librdkafka's pace.
+#[derive(Default)]
+pub struct Watch {
+    problem: KafkaProblem,
+    last_report: Mutex<Option<Instant>>,
+}
+
+impl Watch {
+    pub fn new(problem: KafkaProblem) -> Watch {
+        Watch {
+            problem,
+            last_report: Mutex::new(None),
+        }
+    }
+
+    pub fn problem(&self) -> Option<String> {
+        lock(&self.problem).clone()
+    }
+
+    /// The client works again (e.g. the consumer got an assignment).
+    pub fn clear(&self) {
+        *lock(&self.problem) = None;
+    }
+
+    pub fn report(&self, what: String) {
+        let now = Instant::now();
+        let mut last = lock(&self.last_report);
+        if last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(30)) {
+            *last = Some(now);
+            tracing::error!(problem = %what, "Kafka refuses this worker; it stays unready until that is fixed (check kafka.brokers and the security settings in kafka.properties)");
+        }
+        *lock(&self.problem) = Some(what);
+    }
+}
+
+/// Whether a client error means "refused until someone acts", not "unavailable for a while".
+pub fn needs_operator(e: &KafkaError) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code()? {
+        C::Authentication | C::SaslAuthenticationFailed | C::IllegalSASLState => {
+            Some("authentication failed")
+        }
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed => Some("not authorized"),
+        C::SSL => Some("TLS failed"),
+        _ => None,
+    }
+}
+
+impl ClientContext for Watch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match needs_operator(&error) {
+            Some(what) => self.report(format!("kafka: {what}: {reason}")),
+            None => tracing::warn!(error = %error, reason, "Kafka client error (retrying)"),
+        }
+    }
+
+    /// librdkafka's log lines, as rdkafka forwards them, and the detail of a refusal.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
+        if let Some((_, what)) = REFUSALS_IN_LOGS.iter().find(|(p, _)| message.contains(p)) {
+            self.report(format!("kafka: {what}: {message}"));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Consumer configuration for the ingest worker.
 pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -129,11 +225,21 @@ pub async fn ensure_topics(
     properties: &BTreeMap<String, String>,
     topics: &[(&str, i32)],
 ) -> Result<(), KafkaError> {
+    ensure_topics_watched(brokers, properties, topics, Watch::default()).await
+}
+
+/// [`ensure_topics`] with a client context that reports why Kafka refuses us.
+pub async fn ensure_topics_watched(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    topics: &[(&str, i32)],
+    watch: Watch,
+) -> Result<(), KafkaError> {
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = admin_config(brokers, properties)
-        .create()
+    let admin: AdminClient<Watch> = admin_config(brokers, properties)
+        .create_with_context(watch)
         .map_err(redact_error)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()

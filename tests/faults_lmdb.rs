@@ -140,12 +140,16 @@ impl Tmpfs {
     }
 
     fn resize(&self, size: &str) {
+        self.remount(&format!("remount,size={size}"));
+    }
+
+    fn remount(&self, options: &str) {
         let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
+            .args(["-o", options])
             .arg(&self.0)
             .status()
             .expect("mount -o remount");
-        assert!(status.success(), "remount {} to {size}", self.0.display());
+        assert!(status.success(), "mount -o {options} {}", self.0.display());
     }
 }
 
@@ -160,14 +164,9 @@ async fn lmdb_on_a_full_filesystem_waits_loudly_commits_nothing_unstored_then_re
     let _serial = SERIAL.lock().await;
     let mut s = Scenario::new("lmdb-fs-full", 3).await;
     let mnt = s.dir.path().join("tmpfs");
-    let Some(fs) = Tmpfs::mount(&mnt, "4m") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs, and CI is set: this test must run in CI"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs is not permitted here (needs root / CAP_SYS_ADMIN)");
-        return;
-    };
+    // Never skipped: a test that cannot run must fail, not pass.
+    let fs = Tmpfs::mount(&mnt, "4m")
+        .expect("cannot mount a tmpfs: this test needs root (or CAP_SYS_ADMIN), as CI has");
     s.config.lmdb.path = mnt.join("lmdb");
     s.config.telemetry.listen = "127.0.0.1:0".into();
     // ~8 MB of envelopes for 4 MiB of disk (the map itself is far larger).
@@ -194,5 +193,54 @@ async fn lmdb_on_a_full_filesystem_waits_loudly_commits_nothing_unstored_then_re
     );
     s.assert_exactly_once(&produced, false).await;
     drop(w);
+    drop(fs);
+}
+
+/// LMDB on a filesystem that refuses writes for good (read-only here; permission denied and EIO
+/// with space left are classified alike) is not a transient failure to retry forever: the store
+/// refuses to open with an error naming the path, and the worker exits non-zero saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmdb_on_a_read_only_filesystem_is_fatal_and_names_the_path() {
+    let _serial = SERIAL.lock().await;
+    let s = Scenario::new("lmdb-read-only", 1).await;
+    let mnt = s.dir.path().join("tmpfs-ro");
+    let fs = Tmpfs::mount(&mnt, "16m")
+        .expect("cannot mount a tmpfs: this test needs root (or CAP_SYS_ADMIN), as CI has");
+    let lmdb = mnt.join("lmdb");
+    let mut cfg = s.config.lmdb.clone();
+    cfg.path = lmdb.clone();
+    drop(
+        nekhebet_store::store::LmdbStore::open(&cfg, false)
+            .await
+            .expect("a writable environment"),
+    );
+    fs.remount("remount,ro");
+    let err = match nekhebet_store::store::LmdbStore::open(&cfg, false).await {
+        Ok(_) => panic!("opened an environment on a read-only filesystem"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.class(),
+        nekhebet_store::store::ErrorClass::Fatal,
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&lmdb.display().to_string()), "{msg}");
+    assert!(msg.contains("read-write"), "{msg}");
+
+    let mut config = s.config.clone();
+    config.lmdb.path = lmdb.clone();
+    let mut w = s.spawn_with(&config, "worker-ro", &[], &[]);
+    let status = w
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the worker must exit, not wait forever");
+    assert!(!status.success());
+    assert!(
+        w.log_text().contains(&lmdb.display().to_string()),
+        "{}",
+        w.log_text()
+    );
+    drop(w);
+    fs.remount("remount,rw");
     drop(fs);
 }

@@ -208,7 +208,6 @@ async fn a_dead_letter_the_broker_refuses_for_good_is_published_truncated_and_th
 /// An operator adds a constraint that every message violates (or a sequence is reset): that is not
 /// one bad message, and dead-lettering the whole stream one by one would empty it into the DLQ.
 /// The worker stops with an error naming the constraint, dead-letters nothing and commits nothing.
-#[ignore = "issue 12 §10: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_constraint_every_message_violates_stops_the_worker_instead_of_dead_lettering_the_stream()
 {
@@ -234,7 +233,6 @@ async fn a_constraint_every_message_violates_stops_the_worker_instead_of_dead_le
 
 /// Another process (`serve`'s mirror, an `import`, a second worker version) grew the LMDB map: LMDB then
 /// answers MDB_MAP_RESIZED, which means "adopt the new size and go on", not a fatal error.
-#[ignore = "issue 12 §10: fails on main; fixed in a later commit"]
 #[tokio::test]
 async fn an_lmdb_map_grown_by_another_process_is_adopted() {
     let db = TestDb::new().await;

@@ -388,6 +388,41 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_stored() {
     assert_eq!((events, guards), (3, 3));
 }
 
+/// With batches of one message there is no other message to try: after a few refusals in a row for
+/// the same cause, the applier takes the cause for the database's and stops.
+#[tokio::test]
+async fn refusals_in_a_row_for_one_cause_stop_instead_of_emptying_the_stream_into_the_dlq() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE events ADD CONSTRAINT operator_says_no CHECK (false) NOT VALID")
+        .await
+        .unwrap();
+    let store = Store::Postgres(db.store().await);
+    let mut applier = Applier::new(
+        store,
+        RetryPolicy::default(),
+        tokio_util::sync::CancellationToken::new(),
+        None,
+    );
+    let sink = Recorded::default();
+    let lines = sample_lines();
+    let mut stopped = None;
+    for (n, line) in lines.iter().take(10).enumerate() {
+        match applier.apply(vec![Ok(decode(line))], &sink).await {
+            Ok(a) => assert_eq!(a.fates, [Fate::Rejected(Reason::StoreRejected)]),
+            Err(e) => {
+                stopped = Some((n, e.to_string()));
+                break;
+            }
+        }
+    }
+    let (n, why) = stopped.expect("the applier must stop");
+    assert_eq!(n, 4, "the fifth refusal in a row stops: {why}");
+    assert!(why.contains("operator_says_no"), "{why}");
+    assert_eq!(sink.0.into_inner().unwrap().len(), 4);
+}
+
 #[tokio::test]
 async fn lmdb_outcomes_and_map_growth() {
     let dir = tempfile::tempdir().unwrap();

@@ -396,7 +396,8 @@ async fn kafka_ssl_and_sasl_ssl_through_kafka_properties() {
         } else {
             kafka.sasl_ssl()
         };
-        let config3 = tls_worker_config(&db3, lmdb3.path(), brokers, &topic3, &props);
+        let mut config3 = tls_worker_config(&db3, lmdb3.path(), brokers, &topic3, &props);
+        config3.telemetry.listen = "127.0.0.1:0".into();
         let file = logs.path().join(format!("{name}.toml"));
         let mut toml = String::from("[kafka.properties]\n");
         for (k, v) in &props {
@@ -440,6 +441,14 @@ async fn kafka_ssl_and_sasl_ssl_through_kafka_properties() {
         assert!(
             !log.contains("not-the-password-3f9a"),
             "{name}: password in the log"
+        );
+        // /readyz says why: not ready, naming what Kafka refuses.
+        let addr = w.metrics_addr().expect("the worker serves /readyz");
+        let (status, body) = common::faults::http_get(&addr, "/readyz").expect("GET /readyz");
+        assert_eq!(status, 503, "{name}: {body}");
+        assert!(
+            body.contains("kafka: ") && expect_any.iter().any(|p| body.contains(p)),
+            "{name}: /readyz does not say why: {body}"
         );
         assert_eq!(
             k::event_count(&db3.url).await,

@@ -46,6 +46,7 @@ pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::p
         IngestOptions {
             until_caught_up: args.until_caught_up,
             group_joined: Some(health.consumer_joined.clone()),
+            kafka_problem: Some(health.kafka_problem.clone()),
         },
         shutdown,
     )

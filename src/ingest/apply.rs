@@ -12,6 +12,12 @@
 //!    partition's applied offset never passes an undecided message), until the message is alone;
 //!    it is then dead-lettered `store_rejected` and the rest is saved.
 //!
+//! A refusal that is not about the message (a constraint an operator added, a sequence reset: the
+//! database refuses every message the same way) must not drain the stream into the dead-letter
+//! topic: before a message is dead-lettered `store_rejected`, another message of the batch is tried
+//! in a rolled-back transaction; if it fails the same way, or if too many messages in a row are
+//! refused for one cause, the worker stops instead ([`ApplyError::Fatal`]), committing nothing.
+//!
 //! A message of a partition that is no longer ours (revoked meanwhile) is dropped before each
 //! attempt: its next owner decides it, exactly once thanks to the stored offsets.
 //! The LMDB phase of the saved parts is the caller's (the worker pipelines it with the next batch).
@@ -109,9 +115,22 @@ struct Chunk {
     items: Vec<Item>,
 }
 
+/// How many messages in a row may be dead-lettered `store_rejected` for the same cause before the
+/// cause is taken for the database's, not the messages' (with batches too small to try another
+/// message of the same batch).
+const MAX_SAME_STORE_REFUSALS: u32 = 5;
+
+/// The last `store_rejected` cause and how many refusals in a row had it (shared by every batch).
+#[derive(Debug, Default)]
+struct Refusals {
+    cause: String,
+    in_a_row: u32,
+}
+
 /// Applies batches; see the module docs. Cheap to clone (one per batch in flight).
 #[derive(Clone)]
 pub struct Applier {
+    refusals: Arc<std::sync::Mutex<Refusals>>,
     store: Store,
     retry: RetryPolicy,
     rng: StdRng,
@@ -129,6 +148,7 @@ impl Applier {
         pause: Option<Arc<PauseFlags>>,
     ) -> Applier {
         Applier {
+            refusals: Arc::default(),
             store,
             retry,
             rng: StdRng::from_entropy(),
@@ -322,6 +342,10 @@ impl Applier {
             match self.save_with_retry(sink, &mut chunk, applied).await? {
                 None => {}
                 Some(e) if chunk.items.len() == 1 => {
+                    // A witness: the next message still to save. Refused the same way, the cause
+                    // is the database's.
+                    let witness = stack.last().and_then(|c| c.items.first()).cloned();
+                    self.refusal_is_the_messages(&e, witness).await?;
                     let i = chunk.idx[0];
                     match sink.position(i) {
                         Some(p) => {
@@ -346,6 +370,53 @@ impl Applier {
             }
         }
         Ok(())
+    }
+
+    /// Stops ([`ApplyError::Fatal`]) unless the database's refusal `e` of one message is that
+    /// message's own: another message (`witness`) must not fail the same way in a rolled-back
+    /// transaction, and no more than [`MAX_SAME_STORE_REFUSALS`] messages in a row may be refused
+    /// for the same cause.
+    async fn refusal_is_the_messages(
+        &mut self,
+        e: &StoreError,
+        witness: Option<Item>,
+    ) -> Result<(), ApplyError> {
+        let cause = e.to_string();
+        let systemic = |why: &str| {
+            tracing::error!(error = %e, "{why}; stopping without committing");
+            ApplyError::Fatal(format!(
+                "the database refuses every message the same way ({why}): {e} — not a message's \
+                 fault (a constraint added, a sequence reset?); nothing was dead-lettered for it or committed"
+            ))
+        };
+        if let Some(witness) = witness {
+            match self.store.probe(std::slice::from_ref(&witness)).await {
+                Err(w) if w.to_string() == cause => {
+                    return Err(systemic("another message of the batch fails alike"))
+                }
+                Ok(()) | Err(_) => {}
+            }
+        }
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.cause == cause {
+            r.in_a_row += 1;
+        } else {
+            r.cause = cause;
+            r.in_a_row = 1;
+        }
+        if r.in_a_row >= MAX_SAME_STORE_REFUSALS {
+            return Err(systemic(&format!(
+                "{} messages in a row refused for this cause",
+                r.in_a_row
+            )));
+        }
+        Ok(())
+    }
+
+    /// A save went through: the refusals before it were the messages' own.
+    fn saved_something(&self) {
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        r.in_a_row = 0;
     }
 
     /// One PostgreSQL phase with retries on transient errors. `Ok(None)`: saved, fates set, the
@@ -416,6 +487,7 @@ impl Applier {
                     applied
                         .saved
                         .push((std::mem::take(&mut chunk.items), phase));
+                    self.saved_something();
                     self.recovered(&backoff);
                     return Ok(None);
                 }

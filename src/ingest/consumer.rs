@@ -21,6 +21,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::kafka::Watch;
 use crate::telemetry::names;
 
 pub use super::ledger::Assigned;
@@ -104,6 +105,9 @@ pub struct IngestContext {
     /// current positions again, or Kafka's committed offsets (and lag) would stay behind when no
     /// new batch follows.
     pub commit_failed: AtomicBool,
+    /// Logs, and why Kafka refuses the consumer (for `/readyz`); cleared once it gets an
+    /// assignment.
+    pub watch: Watch,
 }
 
 pub type IngestConsumer = BaseConsumer<IngestContext>;
@@ -112,6 +116,7 @@ impl IngestContext {
     pub fn new(
         ctl: mpsc::UnboundedSender<Control>,
         committed_fetch_timeout: Duration,
+        watch: Watch,
     ) -> IngestContext {
         IngestContext {
             ctl,
@@ -121,6 +126,7 @@ impl IngestContext {
             topics: Mutex::new(HashMap::new()),
             committed_fetch_timeout,
             commit_failed: AtomicBool::new(false),
+            watch,
         }
     }
 
@@ -187,6 +193,8 @@ impl IngestContext {
                 })
                 .collect()
         };
+        // An assignment means the group took us in: whatever refused us before is fixed.
+        self.watch.clear();
         let (reply, rx) = oneshot::channel();
         if self
             .ctl
@@ -232,6 +240,14 @@ impl IngestContext {
 }
 
 impl ClientContext for IngestContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.error(error, reason)
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.watch.log(level, fac, message)
+    }
+
     fn stats(&self, stats: Statistics) {
         let epochs = lock(&self.epochs);
         for (topic, t) in &stats.topics {
@@ -415,6 +431,14 @@ fn poll_loop(
                     .ctl
                     .send(Control::Fatal(format!("fatal consumer error: {code}")));
                 return;
+            }
+            Some(Err(e)) if crate::kafka::needs_operator(&e).is_some() => {
+                // Only the code: librdkafka's log line (see `Watch::log`) usually said more.
+                let watch = &consumer.context().watch;
+                if watch.problem().is_none() {
+                    let what = crate::kafka::needs_operator(&e).unwrap_or_default();
+                    watch.report(format!("kafka: {what}: {e}"));
+                }
             }
             Some(Err(e)) => {
                 // Brokers down, unknown topic (not created yet)…: librdkafka keeps retrying; say

@@ -65,6 +65,9 @@ pub struct IngestOptions {
     /// Set once the consumer received its first assignment from the group (even an empty one) and
     /// cleared when the worker stops: the readiness endpoint's "joined the group".
     pub group_joined: Option<Arc<AtomicBool>>,
+    /// Where the consumer says why Kafka refuses it (credentials, ACLs, certificates), for the
+    /// readiness endpoint.
+    pub kafka_problem: Option<crate::kafka::KafkaProblem>,
 }
 
 /// Queue of records between the poll thread and the main loop. Small: the batcher is where
@@ -86,11 +89,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<IngestReport> {
     let checker = Arc::new(Checker::from_config(config).context("building the message checks")?);
-    let dlq = DlqSink::new(config).context("creating the dead-letter producer")?;
+    // Every Kafka client of the run says here why Kafka refuses it, if it does (`/readyz`).
+    let problem = opts.kafka_problem.clone().unwrap_or_default();
+    let dlq = DlqSink::new(config, crate::kafka::Watch::new(problem.clone()))
+        .context("creating the dead-letter producer")?;
     // Up to 30 s when the brokers cannot be reached (down, wrong CA, wrong credentials): a
     // shutdown meanwhile must not wait for it (nothing has been consumed yet).
     tokio::select! {
-        _ = ensure_dlq_topics(config) => {}
+        _ = ensure_dlq_topics(config, crate::kafka::Watch::new(problem.clone())) => {}
         _ = shutdown.cancelled() => {
             tracing::info!("shutdown requested before consuming anything; stopping");
             return Ok(IngestReport::default());
@@ -101,6 +107,7 @@ pub async fn run(
     let ctx = IngestContext::new(
         ctl_tx,
         Duration::from_millis(config.kafka.session_timeout_ms.min(10_000)),
+        crate::kafka::Watch::new(problem.clone()),
     );
     let consumer: IngestConsumer = crate::kafka::consumer_config(&config.kafka)
         .create_with_context(ctx)
@@ -200,7 +207,7 @@ pub async fn run(
     Ok(report)
 }
 
-async fn ensure_dlq_topics(config: &Config) {
+async fn ensure_dlq_topics(config: &Config, watch: crate::kafka::Watch) {
     let names: Vec<String> = {
         let mut v: Vec<String> = config
             .kafka
@@ -215,7 +222,12 @@ async fn ensure_dlq_topics(config: &Config) {
     let topics: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
     match tokio::time::timeout(
         Duration::from_secs(30),
-        crate::kafka::ensure_topics(&config.kafka.brokers, &config.kafka.properties, &topics),
+        crate::kafka::ensure_topics_watched(
+            &config.kafka.brokers,
+            &config.kafka.properties,
+            &topics,
+            watch,
+        ),
     )
     .await
     {

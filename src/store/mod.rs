@@ -155,6 +155,16 @@ impl Store {
         }
     }
 
+    /// Whether the authority would take these items, without writing anything (a rolled-back
+    /// transaction). LMDB-only mode has no constraint a message could break: always yes.
+    pub async fn probe(&self, items: &[Item]) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.probe_batch(items).await?),
+            Store::Hybrid(h) => Ok(h.pg().probe_batch(items).await?),
+            Store::Lmdb(_) => Ok(()),
+        }
+    }
+
     /// Phase 2 of [`Store::save_batch`]: the hybrid store's LMDB transaction for a phase 1 (a
     /// no-op for the single-database stores). Run phases 2 one at a time, in phase-1 order.
     pub async fn write_lmdb(&self, items: &[Item], phase: &PgPhase) -> Result<(), StoreError> {

@@ -75,6 +75,8 @@ pub struct Health {
     /// Set by the ingest loop once the consumer has joined its group (has an assignment or has
     /// completed a rebalance).
     pub consumer_joined: Arc<AtomicBool>,
+    /// Why Kafka refuses the consumer, when it does (set by the consumer's error callback).
+    pub kafka_problem: crate::kafka::KafkaProblem,
     store: Store,
 }
 
@@ -82,6 +84,7 @@ impl Health {
     pub fn new(store: Store) -> Arc<Health> {
         Arc::new(Health {
             consumer_joined: Arc::new(AtomicBool::new(false)),
+            kafka_problem: Default::default(),
             store,
         })
     }
@@ -90,7 +93,14 @@ impl Health {
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let mut missing = Vec::new();
         if !self.consumer_joined.load(Ordering::Relaxed) {
-            missing.push("kafka: consumer has not joined its group".to_string());
+            let problem = self
+                .kafka_problem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            missing.push(
+                problem.unwrap_or_else(|| "kafka: consumer has not joined its group".to_string()),
+            );
         }
         if let Some(pg) = self.store.postgres() {
             match tokio::time::timeout(Duration::from_secs(2), pg.ping()).await {

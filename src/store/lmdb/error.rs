@@ -12,6 +12,11 @@ pub enum LmdbError {
     /// The filesystem refused a write (disk full, quota): waits for space.
     #[error("LMDB cannot write to its files: {0}")]
     NoSpace(String),
+    /// The environment's files cannot be written at all: permission denied, a read-only
+    /// filesystem, or an IO error with space left (a failing disk). Retrying does not help; an
+    /// operator must act. The message names the path.
+    #[error("LMDB cannot write its files: {0}")]
+    Unwritable(String),
     /// Any other IO error on the environment's files.
     #[error("LMDB IO error: {0}")]
     Io(String),
@@ -28,7 +33,7 @@ impl LmdbError {
             // nothing is committed meanwhile.
             LmdbError::MapAtLimit { .. } | LmdbError::NoSpace(_) => ErrorClass::Transient,
             LmdbError::Io(_) => ErrorClass::Transient,
-            LmdbError::Fatal(_) => ErrorClass::Fatal,
+            LmdbError::Unwritable(_) | LmdbError::Fatal(_) => ErrorClass::Fatal,
         }
     }
 
@@ -41,7 +46,7 @@ impl LmdbError {
     pub fn needs_operator(&self) -> bool {
         match self {
             LmdbError::MapAtLimit { .. } | LmdbError::NoSpace(_) => true,
-            LmdbError::Io(_) | LmdbError::Fatal(_) => false,
+            LmdbError::Io(_) | LmdbError::Unwritable(_) | LmdbError::Fatal(_) => false,
         }
     }
 
@@ -50,14 +55,18 @@ impl LmdbError {
             LmdbError::MapAtLimit { .. } => "lmdb_map_full",
             LmdbError::NoSpace(_) => "lmdb_no_space",
             LmdbError::Io(_) => "lmdb_io",
+            LmdbError::Unwritable(_) => "lmdb_unwritable",
             LmdbError::Fatal(_) => "lmdb_fatal",
         }
     }
 }
 
-/// Internal: a heed error, with "map full" kept apart so the caller can grow and retry.
+/// Internal: a heed error, with "map full" and "map resized" kept apart so the caller can grow
+/// the map, or adopt the size another process gave it, and retry.
 pub(super) enum TxnError {
     MapFull,
+    /// Another process grew the map beyond ours (MDB_MAP_RESIZED): adopt its size.
+    MapResized,
     Other(LmdbError),
 }
 
@@ -65,8 +74,14 @@ impl From<heed::Error> for TxnError {
     fn from(e: heed::Error) -> Self {
         match e {
             heed::Error::Mdb(heed::MdbError::MapFull) => TxnError::MapFull,
+            heed::Error::Mdb(heed::MdbError::MapResized) => TxnError::MapResized,
             heed::Error::Io(io) => match io.raw_os_error() {
+                // ENOSPC, EDQUOT: space may come back.
                 Some(28) | Some(122) => TxnError::Other(LmdbError::NoSpace(io.to_string())),
+                // EPERM, EACCES, EROFS: it will not, by itself.
+                Some(1) | Some(13) | Some(30) => {
+                    TxnError::Other(LmdbError::Unwritable(io.to_string()))
+                }
                 _ => TxnError::Other(LmdbError::Io(io.to_string())),
             },
             heed::Error::Mdb(m) => TxnError::Other(LmdbError::Fatal(m.to_string())),
@@ -84,6 +99,9 @@ impl From<heed::Error> for LmdbError {
     fn from(e: heed::Error) -> Self {
         match TxnError::from(e) {
             TxnError::MapFull => LmdbError::MapAtLimit { size: 0 },
+            TxnError::MapResized => {
+                LmdbError::Io("another process resized the map; retry adopts its size".into())
+            }
             TxnError::Other(e) => e,
         }
     }

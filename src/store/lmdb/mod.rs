@@ -113,8 +113,26 @@ impl LmdbStore {
         sync: bool,
         standalone: bool,
     ) -> Result<LmdbStore, LmdbError> {
+        Self::open_env(path, map_size, max_map_size, sync, standalone).map_err(|e| match e {
+            // Opening is not retried: an environment that cannot be opened names its path.
+            LmdbError::Io(m) | LmdbError::Unwritable(m) => LmdbError::Unwritable(format!(
+                "{}: {m} (check the directory's permissions and that its filesystem is mounted read-write)",
+                path.display()
+            )),
+            LmdbError::NoSpace(m) => LmdbError::NoSpace(format!("{}: {m}", path.display())),
+            other @ (LmdbError::MapAtLimit { .. } | LmdbError::Fatal(_)) => other,
+        })
+    }
+
+    fn open_env(
+        path: &PathBuf,
+        map_size: u64,
+        max_map_size: u64,
+        sync: bool,
+        standalone: bool,
+    ) -> Result<LmdbStore, LmdbError> {
         std::fs::create_dir_all(path)
-            .map_err(|e| LmdbError::Io(format!("creating {}: {e}", path.display())))?;
+            .map_err(|e| LmdbError::Io(format!("creating the directory: {e}")))?;
         let mut opts = EnvOpenOptions::new();
         opts.map_size(page_align(map_size))
             .max_dbs(8)
@@ -177,17 +195,46 @@ impl LmdbStore {
                 Ok(v) => return Ok(v),
                 Err(TxnError::Other(e)) => return Err(self.diagnose(e)),
                 Err(TxnError::MapFull) => self.grow()?,
+                Err(TxnError::MapResized) => self.adopt_map_size()?,
             }
         }
     }
 
     fn read<T>(
         &self,
-        f: impl FnOnce(&Dbs, &RoTxn<WithTls>) -> Result<T, heed::Error>,
+        mut f: impl FnMut(&Dbs, &RoTxn<WithTls>) -> Result<T, heed::Error>,
     ) -> Result<T, LmdbError> {
-        let _shared = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
-        let rtxn = self.inner.env.read_txn()?;
-        Ok(f(&self.inner.dbs, &rtxn)?)
+        loop {
+            let attempt = {
+                let _shared = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+                let mut run = || -> Result<T, TxnError> {
+                    let rtxn = self.inner.env.read_txn()?;
+                    Ok(f(&self.inner.dbs, &rtxn)?)
+                };
+                run()
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(TxnError::MapResized) => self.adopt_map_size()?,
+                Err(TxnError::MapFull) => return Err(LmdbError::MapAtLimit { size: 0 }),
+                Err(TxnError::Other(e)) => return Err(self.diagnose(e)),
+            }
+        }
+    }
+
+    /// Another process (a second worker, `serve`, an `import`) grew the map beyond this process's
+    /// mapping: LMDB answers MDB_MAP_RESIZED until this process adopts the new size, which setting
+    /// the size 0 does.
+    fn adopt_map_size(&self) -> Result<(), LmdbError> {
+        let _exclusive = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the exclusive gate guarantees no transaction of this process is open.
+        #[allow(unsafe_code)]
+        unsafe { self.inner.env.resize(0) }?;
+        tracing::info!(
+            map_size = self.inner.env.info().map_size,
+            "LMDB map grown by another process: adopted its size"
+        );
+        Ok(())
     }
 
     /// [`LmdbStore::write`] on the blocking pool.
@@ -204,7 +251,7 @@ impl LmdbStore {
     /// [`LmdbStore::read`] on the blocking pool.
     async fn read_blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Dbs, &RoTxn<WithTls>) -> Result<T, heed::Error> + Send + 'static,
+        f: impl FnMut(&Dbs, &RoTxn<WithTls>) -> Result<T, heed::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
         let this = self.clone();
         run_blocking(move || this.read(f))
@@ -215,17 +262,28 @@ impl LmdbStore {
     /// LMDB reports a write cut short by a full filesystem as EIO ("short write"), which reads
     /// like a failing disk: an IO error of a write with almost no space left on the environment's
     /// filesystem is [`LmdbError::NoSpace`], so it is named (and waited out) as what it is.
+    /// Every IO error names the environment's path. An EIO with space left is a failing disk (or
+    /// a filesystem gone read-only under us): [`LmdbError::Unwritable`], which stops the worker.
     fn diagnose(&self, e: LmdbError) -> LmdbError {
-        let LmdbError::Io(msg) = e else { return e };
-        match rustix::fs::statvfs(&self.inner.path) {
-            Ok(st) if st.f_bavail.saturating_mul(st.f_frsize) < LOW_SPACE => {
-                LmdbError::NoSpace(format!(
-                    "{msg}: the filesystem of {} has {} bytes left",
-                    self.inner.path.display(),
-                    st.f_bavail.saturating_mul(st.f_frsize)
-                ))
-            }
-            _ => LmdbError::Io(msg),
+        let path = self.inner.path.display();
+        match e {
+            LmdbError::Io(msg) => match rustix::fs::statvfs(&self.inner.path) {
+                Ok(st) if st.f_bavail.saturating_mul(st.f_frsize) < LOW_SPACE => {
+                    LmdbError::NoSpace(format!(
+                        "{msg}: the filesystem of {path} has {} bytes left",
+                        st.f_bavail.saturating_mul(st.f_frsize)
+                    ))
+                }
+                _ if msg.contains("os error 5)") => {
+                    LmdbError::Unwritable(format!("{path}: {msg} (with space left: a failing disk?)"))
+                }
+                _ => LmdbError::Io(format!("{path}: {msg}")),
+            },
+            LmdbError::Unwritable(msg) => LmdbError::Unwritable(format!(
+                "{path}: {msg} (check the directory's permissions and that its filesystem is mounted read-write)"
+            )),
+            LmdbError::NoSpace(msg) => LmdbError::NoSpace(format!("{path}: {msg}")),
+            other @ (LmdbError::MapAtLimit { .. } | LmdbError::Fatal(_)) => other,
         }
     }
 
@@ -401,16 +459,16 @@ impl LmdbStore {
     }
 
     /// The keys of `keys` that `held` does not find, in order.
-    async fn absent<K: Send + 'static>(
+    async fn absent<K: Clone + Send + 'static>(
         &self,
         keys: Vec<K>,
         held: fn(&Dbs, &RoTxn<WithTls>, &K) -> heed::Result<bool>,
     ) -> Result<Vec<K>, StoreError> {
         self.read_blocking(move |dbs, rtxn| {
             let mut absent = Vec::new();
-            for key in keys {
-                if !held(dbs, rtxn, &key)? {
-                    absent.push(key);
+            for key in &keys {
+                if !held(dbs, rtxn, key)? {
+                    absent.push(key.clone());
                 }
             }
             Ok(absent)
@@ -424,9 +482,9 @@ impl LmdbStore {
     ) -> Result<AppliedOffsets, StoreError> {
         self.read_blocking(move |dbs, rtxn| {
             let mut out = AppliedOffsets::new();
-            for partition in partitions {
-                if let Some(o) = dbs.offsets.get(rtxn, &partition)? {
-                    out.insert(partition, o);
+            for partition in &partitions {
+                if let Some(o) = dbs.offsets.get(rtxn, partition)? {
+                    out.insert(partition.clone(), o);
                 }
             }
             Ok(out)

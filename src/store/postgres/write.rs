@@ -85,6 +85,14 @@ enum Lookup {
     Probe,
 }
 
+/// How a batch's transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Commit,
+    /// A dry run ([`PgStore::probe_batch`]).
+    Rollback,
+}
+
 /// A committed batch: one outcome per item, and the `seq` of each stored content hash.
 pub type Committed = (Vec<Outcome>, HashMap<String, i64>);
 
@@ -111,7 +119,10 @@ impl PgStore {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
         if !careful {
-            match self.save_once(items, &digests, Lookup::Skip).await {
+            match self
+                .save_once(items, &digests, Lookup::Skip, End::Commit)
+                .await
+            {
                 Err(e) if e.kind == PgErrorKind::Serialization => {
                     tracing::debug!(error = %e, "batch meets keys the database holds; saving it with lookups");
                     self.careful_batches
@@ -120,7 +131,17 @@ impl PgStore {
                 done => return done,
             }
         }
-        self.save_once(items, &digests, Lookup::Probe).await
+        self.save_once(items, &digests, Lookup::Probe, End::Commit)
+            .await
+    }
+
+    /// Runs the batch's transaction and rolls it back: whether the database would take the batch
+    /// (the isolation of a refused message asks whether another message fails the same way).
+    pub async fn probe_batch(&self, items: &[Item]) -> Result<(), PgError> {
+        let digests = digests(items);
+        self.save_once(items, &digests, Lookup::Probe, End::Rollback)
+            .await
+            .map(|_| ())
     }
 
     async fn save_once(
@@ -128,9 +149,12 @@ impl PgStore {
         items: &[Item],
         digests: &[Digest],
         lookup: Lookup,
+        end: End,
     ) -> Result<Saved<Committed>, PgError> {
         let mut client = self.pool.get().await?;
-        let result = self.transaction(&mut client, items, digests, lookup).await;
+        let result = self
+            .transaction(&mut client, items, digests, lookup, end)
+            .await;
         if let Err(e) = &result {
             // A connection to a read-only server (a failover demoted it) or a broken one must not
             // go back to the pool: the retry then connects afresh, possibly to the new primary.
@@ -147,6 +171,7 @@ impl PgStore {
         items: &[Item],
         digests: &[Digest],
         lookup: Lookup,
+        end: End,
     ) -> Result<Saved<Committed>, PgError> {
         let ensure_stmt = client.prepare_cached(ENSURE_OFFSETS_SQL).await?;
         let lock_stmt = client.prepare_cached(LOCK_OFFSETS_SQL).await?;
@@ -270,7 +295,10 @@ impl PgStore {
             tx.execute(&upsert_stmt, &[&off_topics, &off_parts, &off_values])
                 .await?;
         }
-        tx.commit().await?;
+        match end {
+            End::Commit => tx.commit().await?,
+            End::Rollback => tx.rollback().await?,
+        }
         Ok(Saved::Committed((outcomes, stored)))
     }
 }
