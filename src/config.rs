@@ -569,6 +569,17 @@ impl Config {
         self.verify.enabled && self.verify.keys.is_empty() && self.verify.keys_file.is_none()
     }
 
+    /// How key_ids are bound to public keys, in words (the start-up log).
+    pub fn key_binding(&self) -> &'static str {
+        if !self.verify.enabled {
+            "none (verification disabled)"
+        } else if self.pins_keys() {
+            "pinning: each key_id to the first public key seen (nekhebet-store keys)"
+        } else {
+            "key registry (verify.keys / verify.keys_file)"
+        }
+    }
+
     /// The dead-letter topic for messages from `source_topic`.
     pub fn dlq_topic_for(&self, source_topic: &str) -> String {
         if self.kafka.dlq_topic.is_empty() {

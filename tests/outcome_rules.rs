@@ -479,3 +479,73 @@ async fn a_partitions_first_batch_waits_for_a_writer_creating_its_progress_row()
     assert_eq!(outcomes, [Outcome::Redelivered; 4]);
     assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 0);
 }
+
+/// A producer rotating its key: the new key is refused until an operator pins it (`keys pin`),
+/// both are accepted meanwhile, and an unpinned key is refused again.
+#[tokio::test]
+async fn a_rotated_key_is_accepted_once_pinned_and_an_unpinned_key_is_refused() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = dir.path().join("lmdb");
+    let mut old = Producer::new("rotating", 101);
+    let mut new = Producer::new("rotating", 102);
+    let import = |bytes: Vec<u8>, name: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, [bytes.as_slice(), b"\n"].concat()).unwrap();
+        let out = cli_on(&db.url, &lmdb, &["import", file.to_str().unwrap()], &[]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let b64 =
+        |p: &Producer| nekhebet_store::envelope::encode_base64(&p.key.verifying_key().to_bytes());
+    assert_eq!(
+        summary_count(&import(old.next(), "1.jsonl"), "stored"),
+        Some(1)
+    );
+    let refused = import(new.next(), "2.jsonl");
+    assert!(refused.contains("key_id_mismatch"), "{refused}");
+    assert!(
+        refused.contains("keys pin rotating"),
+        "the refusal says how: {refused}"
+    );
+
+    let out = cli_on(
+        &db.url,
+        &lmdb,
+        &["keys", "pin", "rotating", &b64(&new)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        summary_count(&import(new.next(), "3.jsonl"), "stored"),
+        Some(1)
+    );
+    assert_eq!(
+        summary_count(&import(old.next(), "4.jsonl"), "stored"),
+        Some(1)
+    );
+
+    let out = cli_on(
+        &db.url,
+        &lmdb,
+        &["keys", "unpin", "rotating", &b64(&old)],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = import(old.next(), "5.jsonl");
+    assert!(refused.contains("key_id_mismatch"), "{refused}");
+    let listed = cli_on(&db.url, &lmdb, &["keys", "list", "rotating"], &[]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&b64(&new)) && !listed.contains(&b64(&old)),
+        "{listed}"
+    );
+    assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 3);
+}

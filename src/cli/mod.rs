@@ -2,6 +2,7 @@
 
 mod import;
 pub mod ingest;
+pub mod keys;
 pub mod reconcile;
 pub mod replay_guard;
 
@@ -60,6 +61,9 @@ pub enum Command {
     /// Replay-guard maintenance.
     #[command(name = "replay-guard", subcommand)]
     ReplayGuard(replay_guard::ReplayGuardCommand),
+    /// The public keys each key_id is pinned to (without a key registry): list, pin, unpin.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Compare PostgreSQL and LMDB (missing blobs, orphans, differing bytes); `--repair` copies
     /// missing blobs from PostgreSQL. Exit 1 when inconsistent and not repaired.
     Reconcile {
@@ -189,6 +193,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Reconcile { repair } => reconcile::run(&config, repair).await,
         Command::ReplayGuard(c) => replay_guard::run(c, &config).await,
+        Command::Keys(c) => keys::run(c, &config).await,
         Command::Config => {
             let mut shown = config.clone();
             shown.postgres.url = crate::config::redact_url(&shown.postgres.url);

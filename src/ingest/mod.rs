@@ -116,7 +116,10 @@ pub async fn run(
     let consumer = Arc::new(consumer);
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).context("subscribing")?;
-    tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, store = %config.store.mode, verify = config.verify.enabled, "ingest worker starting");
+    tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, store = %config.store.mode, verify = config.verify.enabled, key_binding = config.key_binding(), "ingest worker starting");
+    if !config.verify.enabled {
+        tracing::warn!("verification is disabled: signatures are not checked and key_ids are not bound to keys, so anyone who can publish can impersonate a producer and burn its nonces");
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let pause = Arc::new(PauseFlags::default());

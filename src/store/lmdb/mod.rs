@@ -574,6 +574,49 @@ impl LmdbStore {
         .await
     }
 
+    /// LMDB-only mode: the pinned keys of every key_id, or of one.
+    pub async fn pins(
+        &self,
+        key_id: Option<String>,
+    ) -> Result<Vec<(String, [u8; 32])>, StoreError> {
+        self.read_blocking(move |dbs, rtxn| {
+            let mut out = Vec::new();
+            for kv in dbs.pins.iter(rtxn)? {
+                let (k, keys) = kv?;
+                if key_id.as_deref().is_none_or(|want| want == k) {
+                    out.extend(keys.into_iter().map(|key| (k.to_string(), key)));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// LMDB-only mode: pins (`add`) or unpins a key for `key_id`; whether anything changed.
+    pub async fn set_pin(
+        &self,
+        key_id: String,
+        key: [u8; 32],
+        add: bool,
+    ) -> Result<bool, StoreError> {
+        self.write_blocking(move |dbs, wtxn| {
+            let mut keys = dbs.pins.get(wtxn, &key_id)?.unwrap_or_default();
+            let had = keys.contains(&key);
+            match (add, had) {
+                (true, false) => keys.push(key),
+                (false, true) => keys.retain(|k| *k != key),
+                (true, true) | (false, false) => return Ok(false),
+            }
+            if keys.is_empty() {
+                dbs.pins.delete(wtxn, &key_id)?;
+            } else {
+                dbs.pins.put(wtxn, &key_id, &keys)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     /// Number of blobs in `events`.
     pub async fn len(&self) -> Result<u64, StoreError> {
         self.read_blocking(move |dbs, rtxn| dbs.events.len(rtxn))

@@ -20,12 +20,14 @@
 //! | `copy` | binary COPY of `replay_guard` and `events` rows, `events.seq` values |
 //! | `write` | [`PgStore::save_batch`]: the batch transaction |
 //! | `read` | lookups, applied offsets, streams |
+//! | `pins` | the key pins as an operator manages them |
 
 mod connect;
 mod conninfo;
 mod copy;
 mod error;
 mod migrate;
+mod pins;
 mod read;
 mod write;
 
@@ -43,6 +45,7 @@ pub use conninfo::redact_url;
 #[cfg(any(test, feature = "dev"))]
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
+pub use pins::Pin;
 pub use write::Committed;
 
 /// The PostgreSQL repository (a connection pool).
