@@ -23,36 +23,13 @@ import time
 import urllib.request
 import uuid
 
-import psycopg2
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "nekhebet-store")
-# Development tooling (produce, bench-ceiling): built with `--features dev`.
-DEV_BIN = os.path.join(ROOT, "target", "release", "nekhebet-dev")
+from common import BIN, DEV_BIN, ROOT, admin_url, main_guard, run, sql  # noqa: E402
+
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 STORED = re.compile(r'^nekhebet_envelopes_total\{[^}]*outcome="stored"[^}]*\} (\S+)$', re.M)
 LAST_COMMIT = re.compile(r'^nekhebet_last_commit_timestamp_seconds(?:\{[^}]*\})? (\S+)$', re.M)
-
-
-def admin_url():
-    return os.environ["NEKHEBET_POSTGRES__URL"]
-
-
-def sql(statement, url=None):
-    conn = psycopg2.connect(url or admin_url())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(statement)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
-
-
-def run(args, env):
-    p = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"command failed: {' '.join(args)}\n{p.stdout}\n{p.stderr}")
-    return p.stdout
 
 
 def make_cgroup(name, limit):
@@ -237,4 +214,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

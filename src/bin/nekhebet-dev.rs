@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nekhebet_store::dev::{ceiling, produce};
+use nekhebet_store::dev::{ceiling, limit, produce};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nekhebet-dev",
     version,
-    about = "Development tooling for nekhebet-store: test traffic and the benchmark ceiling"
+    about = "Development tooling for nekhebet-store: test traffic and the benchmark helpers"
 )]
 struct Cli {
     /// A TOML configuration file (layered over config/default.toml; NEKHEBET_* variables override it).
@@ -30,6 +30,13 @@ enum Command {
     /// empty database.
     #[command(name = "bench-ceiling")]
     BenchCeiling(ceiling::CeilingArgs),
+    /// Benchmark helper: the CPU cost per envelope of each piece of work the worker cannot skip,
+    /// measured alone (decode, canonicalize + hash, Ed25519, LMDB puts, binary COPY, consume).
+    #[command(name = "bench-limit")]
+    BenchLimit(limit::LimitArgs),
+    /// Benchmark helper: delete topics (the benchmarks' own).
+    #[command(name = "delete-topics")]
+    DeleteTopics(limit::DeleteTopicsArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Produce(a) => produce::command(a, &config).await,
             Command::BenchCeiling(a) => ceiling::run(a, &config).await,
+            Command::BenchLimit(a) => limit::run(a, &config).await,
+            Command::DeleteTopics(a) => limit::delete_topics(a, &config).await,
         }
     })
 }
