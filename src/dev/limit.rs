@@ -359,10 +359,16 @@ async fn copy(
     let started = Instant::now();
     let client_before = process_cpu_ns();
     let backend_before = read_schedstat(&backend_stat).unwrap_or(0);
-    for (chunk, pos) in envs.chunks(batch).zip(positions.chunks(batch)) {
+    let digests = crate::store::plan::envelope_digests(&envs);
+    for ((chunk, pos), digests) in envs
+        .chunks(batch)
+        .zip(positions.chunks(batch))
+        .zip(digests.chunks(batch))
+    {
         let tx = client.transaction().await?;
-        let headers: Vec<&Header> = chunk.iter().map(|e| &e.header).collect();
-        postgres::copy_guard(&tx, &headers).await?;
+        let guard: Vec<(&Header, &crate::store::plan::Digest)> =
+            chunk.iter().map(|e| &e.header).zip(digests).collect();
+        postgres::copy_guard(&tx, &guard).await?;
         let seqs = postgres::next_seqs(&tx, chunk.len()).await?;
         let rows: Vec<(&Envelope, Option<&Position>, i64)> = chunk
             .iter()
