@@ -539,6 +539,78 @@ pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     blobs
 }
 
+/// LMDB's blobs in whichever layout the environment holds: content hash → envelope bytes (the
+/// append layout keys them by `events.seq`; the hash is read from each envelope's header).
+pub async fn lmdb_blobs_any_layout(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut blobs = lmdb_blobs(dir).await;
+    let mut cfg = Config::default().lmdb;
+    cfg.path = dir.to_path_buf();
+    cfg.map_size = 1 << 20;
+    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
+        .await
+        .expect("open LMDB");
+    let limits = nekhebet_store::envelope::Limits {
+        max_message_bytes: usize::MAX,
+    };
+    let mut after = None;
+    loop {
+        let page = lmdb.scan_seqs(after, 1000).await.expect("scan LMDB blobs");
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        for (seq, bytes) in page {
+            let env = nekhebet_store::envelope::decode(bytes.clone().into(), &limits)
+                .unwrap_or_else(|e| panic!("LMDB blob {seq} does not decode: {e}"));
+            blobs.insert(env.header.payload_hash, bytes);
+        }
+    }
+    blobs
+}
+
+/// The applied offsets of `topic`'s partitions in PostgreSQL and in the LMDB at `lmdb`, and the
+/// group's committed offsets (each: partition → offset; absent when none). Call when no worker
+/// writes (after a kill): it tells where the kill landed.
+pub async fn offsets_everywhere(
+    db_url: &str,
+    lmdb: &Path,
+    group: &str,
+    topic: &str,
+) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let pg: BTreeMap<i32, i64> = client
+        .query(
+            "SELECT partition, applied_offset FROM nekhebet_consumer_offsets WHERE topic = $1 AND applied_offset >= 0",
+            &[&topic],
+        )
+        .await
+        .expect("offsets")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut cfg = Config::default().lmdb;
+    cfg.path = lmdb.to_path_buf();
+    cfg.map_size = 1 << 20;
+    let partitions: Vec<nekhebet_store::partition::Partition> = k::end_offsets(topic)
+        .keys()
+        .map(|p| nekhebet_store::partition::Partition::new(topic, *p))
+        .collect();
+    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
+        .await
+        .expect("open LMDB");
+    let in_lmdb: BTreeMap<i32, i64> = lmdb
+        .applied_offsets(partitions)
+        .await
+        .expect("LMDB offsets")
+        .into_iter()
+        .map(|(p, o)| (p.number, o))
+        .collect();
+    drop(lmdb);
+    let kafka = k::committed_offsets(group, topic);
+    (pg, in_lmdb, kafka)
+}
+
 /// The number in the worker's outcome table (printed at exit) for `row` (`redelivered`…).
 pub fn outcome_from_table(log: &str, row: &str) -> Option<u64> {
     log.lines()

@@ -538,6 +538,31 @@ impl LmdbStore {
         .await
     }
 
+    /// Append layout: up to `limit` blobs with a seq above `after`, in seq order.
+    pub async fn scan_seqs(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.read_blocking(move |dbs, rtxn| {
+            let mut out = Vec::with_capacity(limit.min(4096));
+            let start = match after {
+                Some(a) => std::ops::Bound::Excluded(a),
+                None => std::ops::Bound::Unbounded,
+            };
+            for kv in dbs
+                .blobs
+                .range(rtxn, &(start, std::ops::Bound::Unbounded))?
+                .take(limit)
+            {
+                let (seq, v) = kv?;
+                out.push((seq, v.to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Deletes replay-guard entries issued AND stored before `older_than` (the stored time is in
     /// `guard_claims`). An entry without a claim (nekhebet-store 4.0's) has no stored time: it is
     /// kept unless `force`. ISO-8601 `issued_at` strings compare in time order, as in Python's
