@@ -11,12 +11,14 @@
 //! | `postgres` | [`PgStore`]: connection and TLS, migrations, the COPY batch transaction, reads |
 //! | `lmdb` | [`LmdbStore`]: typed heed databases in nekhebet-store 4.0's on-disk layout |
 //! | `hybrid` | [`HybridStore`]: PostgreSQL first, then LMDB, healing what a crash left behind |
+//! | `read` | the one read path of single events (`get`, `serve`): LMDB first, bytes checked |
 
 pub mod error;
 pub mod hybrid;
 pub mod lmdb;
 pub(crate) mod plan;
 pub mod postgres;
+pub mod read;
 
 use std::collections::HashMap;
 
@@ -147,22 +149,15 @@ impl Store {
         }
     }
 
-    /// The envelope bytes of event `id`.
-    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Store::Postgres(pg) => Ok(pg.get(id).await?),
-            Store::Lmdb(lmdb) => lmdb.get(id).await,
-            Store::Hybrid(h) => h.get(id).await,
-        }
+    /// The envelope bytes of event `id`, through the read path ([`Store::read`]).
+    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, read::ReadError> {
+        Ok(self.read(&read::Key::Id(id)).await?.map(|f| f.bytes.into()))
     }
 
-    /// The envelope bytes stored under a content hash (the payload hash).
-    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Store::Postgres(pg) => Ok(pg.get_by_hash(hash).await?),
-            Store::Lmdb(lmdb) => lmdb.get_by_hash(hash.to_string()).await,
-            Store::Hybrid(h) => h.get_by_hash(hash).await,
-        }
+    /// The envelope bytes stored under a content hash (the payload hash), through the read path.
+    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, read::ReadError> {
+        let key = read::Key::Hash(hash.to_owned());
+        Ok(self.read(&key).await?.map(|f| f.bytes.into()))
     }
 
     /// Checks that the backends answer (readiness).

@@ -20,6 +20,8 @@
 
 mod codecs;
 mod error;
+mod reader;
+mod repair;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -35,6 +37,7 @@ use crate::config::LmdbConfig;
 use crate::partition::{Partition, Position};
 
 pub use self::error::LmdbError;
+pub use self::reader::BlobKey;
 
 type KvIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
 

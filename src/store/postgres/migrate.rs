@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "writer_sequence",
         sql: include_str!("../../../migrations/0004_writer_sequence.sql"),
     },
+    Migration {
+        version: 7,
+        name: "read_indexes",
+        sql: include_str!("../../../migrations/0007_read_indexes.sql"),
+    },
 ];
 
 impl PgStore {

@@ -20,12 +20,14 @@
 //! | `copy` | binary COPY of `replay_guard` and `events` rows, `events.seq` values |
 //! | `write` | [`PgStore::save_batch`]: the batch transaction |
 //! | `read` | lookups, applied offsets, streams |
+//! | `query` | the read API's queries: events located by id or hash, listings by keyset pages |
 
 mod connect;
 mod conninfo;
 mod copy;
 mod error;
 mod migrate;
+mod query;
 mod read;
 mod write;
 
@@ -42,6 +44,7 @@ pub use connect::{connector, CertCheck, PgConnection};
 pub use conninfo::redact_url;
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
+pub use query::{ListFilter, ListKey, ListQuery, Listed, Listing, Located};
 
 /// The PostgreSQL repository (a connection pool).
 #[derive(Clone)]

@@ -177,7 +177,7 @@ impl PgStore {
 }
 
 /// The rows of a portal, mapped by `row`, holding the pooled client as long as the stream lives.
-fn stream_rows<T>(
+pub(super) fn stream_rows<T>(
     client: deadpool_postgres::Object,
     rows: RowStream,
     row: fn(Row) -> T,

@@ -1,0 +1,184 @@
+//! The read side of LMDB, for processes that read an environment another process writes (`serve`
+//! and `get` beside a worker): opening it without writing to it, and reads that survive the writer
+//! growing the map.
+//!
+//! - [`LmdbStore::open_reader`] opens existing databases in a read transaction: no write
+//!   transaction, so this process never takes the writer's lock nor records a map size of its own
+//!   in the environment. Only databases that do not exist yet (a new environment) are created.
+//! - A read transaction begun after another process grew the map past this process's mapping
+//!   fails with `MDB_MAP_RESIZED`; the read adopts the new size (`mdb_env_set_mapsize(0)` while no
+//!   transaction of this process is open) and is retried.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use heed::{Env, EnvOpenOptions, RoTxn, WithTls};
+use uuid::Uuid;
+
+use super::{page_align, run_blocking, Dbs, Inner, LmdbError, LmdbStore};
+use crate::config::LmdbConfig;
+use crate::store::StoreError;
+
+/// Where a blob is kept: under its content hash (compatible layout) or its PostgreSQL `events.seq`
+/// (append layout).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BlobKey {
+    Hash(String),
+    Seq(i64),
+}
+
+impl std::fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlobKey::Hash(h) => f.write_str(h),
+            BlobKey::Seq(seq) => write!(f, "seq {seq}"),
+        }
+    }
+}
+
+impl LmdbStore {
+    /// Opens the environment at `cfg.path` for reading beside its writer (see the module docs).
+    /// `standalone` is LMDB-only mode.
+    pub async fn open_reader(cfg: &LmdbConfig, standalone: bool) -> Result<LmdbStore, StoreError> {
+        let cfg = cfg.clone();
+        run_blocking(move || open_reader_blocking(&cfg, standalone))
+            .await?
+            .map_err(StoreError::Lmdb)
+    }
+
+    /// The blob kept under `key`.
+    pub async fn read_blob(&self, key: BlobKey) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.read_snapshot(move |dbs, rtxn| {
+            let blob = match &key {
+                BlobKey::Hash(h) => dbs.events.get(rtxn, h.as_bytes())?,
+                BlobKey::Seq(seq) => dbs.blobs.get(rtxn, seq)?,
+            };
+            Ok(blob.map(|b| bytes::Bytes::copy_from_slice(b)))
+        })
+        .await
+    }
+
+    /// LMDB-only mode: the content hash of event `id` (the `ids` index).
+    pub async fn hash_of_id(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        self.read_snapshot(move |dbs, rtxn| Ok(dbs.ids.get(rtxn, &id)?.map(str::to_owned)))
+            .await
+    }
+
+    /// Whether a read transaction can begin (readiness), adopting a map grown meanwhile.
+    pub async fn check_readable(&self) -> Result<(), StoreError> {
+        self.read_snapshot(|_, _| Ok(())).await
+    }
+
+    /// A read transaction on the blocking pool that adopts a map grown by another process.
+    async fn read_snapshot<T: Send + 'static>(
+        &self,
+        f: impl Fn(&Dbs, &RoTxn<WithTls>) -> heed::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        run_blocking(move || this.snapshot(f))
+            .await?
+            .map_err(StoreError::Lmdb)
+    }
+
+    fn snapshot<T>(
+        &self,
+        f: impl Fn(&Dbs, &RoTxn<WithTls>) -> heed::Result<T>,
+    ) -> Result<T, LmdbError> {
+        // Twice at most: a writer that grows the map again between our adoption and our retry is
+        // growing it by doubling, which would take longer than a read.
+        for _ in 0..2 {
+            let attempt = {
+                let _shared = self.inner.gate.read().unwrap_or_else(|p| p.into_inner());
+                match self.inner.env.read_txn() {
+                    Ok(rtxn) => f(&self.inner.dbs, &rtxn).map(Some),
+                    Err(heed::Error::Mdb(heed::MdbError::MapResized)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            match attempt? {
+                Some(v) => return Ok(v),
+                None => self.adopt_map_size()?,
+            }
+        }
+        Err(LmdbError::Fatal(format!(
+            "{}: another process keeps growing the LMDB map while this one reads",
+            self.inner.path.display()
+        )))
+    }
+
+    /// Adopts the map size another process recorded (`mdb_env_set_mapsize(env, 0)`).
+    fn adopt_map_size(&self) -> Result<(), LmdbError> {
+        let _exclusive = self.inner.gate.write().unwrap_or_else(|p| p.into_inner());
+        tracing::info!(path = %self.inner.path.display(), "LMDB map grown by another process: adopting its size");
+        // SAFETY: the exclusive gate guarantees no transaction of this process is open.
+        #[allow(unsafe_code)]
+        unsafe { self.inner.env.resize(0) }?;
+        Ok(())
+    }
+}
+
+fn open_reader_blocking(cfg: &LmdbConfig, standalone: bool) -> Result<LmdbStore, LmdbError> {
+    let path = &cfg.path;
+    std::fs::create_dir_all(path)
+        .map_err(|e| LmdbError::Io(format!("creating {}: {e}", path.display())))?;
+    let mut opts = EnvOpenOptions::new();
+    opts.map_size(page_align(cfg.map_size))
+        .max_dbs(8)
+        .max_readers(256);
+    // SAFETY: as in `LmdbStore::open_blocking`: one environment per path in this process, and
+    // other processes change its files only through LMDB.
+    #[allow(unsafe_code)]
+    let env = unsafe { opts.open(path) }?;
+    let dbs = match existing_dbs(&env)? {
+        Some(dbs) => dbs,
+        None => created_dbs(&env, path)?,
+    };
+    Ok(LmdbStore {
+        inner: Arc::new(Inner {
+            env,
+            dbs,
+            gate: RwLock::new(()),
+            max_map_size: cfg.max_map_size,
+            standalone,
+            path: path.clone(),
+        }),
+    })
+}
+
+/// Every database, opened in a read transaction, if they all exist.
+fn existing_dbs(env: &Env<WithTls>) -> Result<Option<Dbs>, heed::Error> {
+    let rtxn = env.read_txn()?;
+    let (Some(blobs), Some(events), Some(replay), Some(ids), Some(offsets)) = (
+        env.open_database(&rtxn, Some("blobs"))?,
+        env.open_database(&rtxn, Some("events"))?,
+        env.open_database(&rtxn, Some("replay_guard"))?,
+        env.open_database(&rtxn, Some("ids"))?,
+        env.open_database(&rtxn, Some("offsets"))?,
+    ) else {
+        return Ok(None);
+    };
+    // Committing a read transaction keeps the handles it opened for later transactions.
+    rtxn.commit()?;
+    Ok(Some(Dbs {
+        blobs,
+        events,
+        replay,
+        ids,
+        offsets,
+    }))
+}
+
+/// A new environment (or one written by an older version): its databases are created.
+fn created_dbs(env: &Env<WithTls>, path: &Path) -> Result<Dbs, heed::Error> {
+    tracing::info!(path = %path.display(), "LMDB environment lacks databases: creating them");
+    let mut wtxn = env.write_txn()?;
+    let dbs = Dbs {
+        blobs: env.create_database(&mut wtxn, Some("blobs"))?,
+        events: env.create_database(&mut wtxn, Some("events"))?,
+        replay: env.create_database(&mut wtxn, Some("replay_guard"))?,
+        ids: env.create_database(&mut wtxn, Some("ids"))?,
+        offsets: env.create_database(&mut wtxn, Some("offsets"))?,
+    };
+    wtxn.commit()?;
+    Ok(dbs)
+}
