@@ -53,7 +53,7 @@ impl LmdbStore {
                 BlobKey::Hash(h) => dbs.events.get(rtxn, h.as_bytes())?,
                 BlobKey::Seq(seq) => dbs.blobs.get(rtxn, seq)?,
             };
-            Ok(blob.map(|b| bytes::Bytes::copy_from_slice(b)))
+            Ok(blob.map(bytes::Bytes::copy_from_slice))
         })
         .await
     }
