@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pg::TestDb;
-use common::worker::{cli_on, Producer};
+use common::worker::{cli_on, import_file, Producer};
 use nekhebet_store::envelope::{decode, Limits};
 use nekhebet_store::store::lmdb::BlobKey;
 use nekhebet_store::store::LmdbStore;
@@ -86,6 +86,11 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// GET `path` with a plain client.
+    async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(self.url(path)).send().await.unwrap()
+    }
+
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -147,18 +152,9 @@ impl Stored {
             text.push(b'\n');
         }
         std::fs::write(&file, text).unwrap();
-        let out = cli_on(
-            &db.url,
-            &dir.path().join("lmdb"),
-            &["import", file.to_str().unwrap()],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "import: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = import_file(&db.url, &dir.path().join("lmdb"), &file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "import failed: {stderr}");
         Stored { db, dir, lines }
     }
 
@@ -202,6 +198,46 @@ impl Stored {
     }
 }
 
+/// `n` envelopes signed by a producer of their own, each padded to about `pad` bytes.
+fn padded(key_id: &str, seed: u8, n: usize, pad: usize) -> Vec<Vec<u8>> {
+    let mut producer = Producer::new(key_id, seed);
+    (0..n)
+        .map(|i| {
+            let mut spec = producer.next_spec();
+            spec.payload = serde_json::json!({ "n": i, "pad": "p".repeat(pad) });
+            producer.sign(&spec)
+        })
+        .collect()
+}
+
+/// GETs one event and asserts it is answered 200 within `within`.
+async fn answered_within(server: &Server, id: uuid::Uuid, within: Duration) {
+    let started = Instant::now();
+    let r = server.get(&format!("/v1/events/{id}")).await;
+    assert_eq!(r.status(), 200);
+    let took = started.elapsed();
+    assert!(took < within, "answered in {took:?}");
+}
+
+/// A test's running server on the sample store, holding the serial lock (fields drop in order:
+/// the server stops first, the lock goes last).
+struct Case {
+    server: Server,
+    stored: Stored,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// The serial lock, the 2,000 sample envelopes stored, and `serve` on them with `env`.
+async fn sample_served(env: &[(&str, &str)]) -> Case {
+    let serial = SERIAL.lock().await;
+    let stored = Stored::sample().await;
+    Case {
+        server: stored.serve(env),
+        stored,
+        _serial: serial,
+    }
+}
+
 fn header(bytes: &[u8]) -> nekhebet_store::envelope::Header {
     decode(bytes.to_vec().into(), &Limits::default())
         .expect("decodes")
@@ -242,28 +278,21 @@ fn code(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_served_byte_for_byte_by_id_and_by_hash_with_etags() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
-    let server = stored.serve(&[]);
+    let case = sample_served(&[]).await;
+    let (server, stored) = (&case.server, &case.stored);
     let http = client();
     for line in stored.lines.iter().step_by(40) {
         let h = header(line);
-        let r = http
-            .get(server.url(&format!("/v1/events/{}", h.id)))
-            .send()
-            .await
-            .unwrap();
+        let r = server.get(&format!("/v1/events/{}", h.id)).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "application/json");
         let etag = format!("\"{}\"", h.payload_hash);
         assert_eq!(r.headers()["etag"], etag.as_str());
         assert_eq!(r.headers()[nekhebet_store::serve::SERVED_FROM], "lmdb");
         assert_eq!(r.bytes().await.unwrap(), line.as_slice(), "exact bytes");
-        let r = http
-            .get(server.url(&format!("/v1/events/by-hash/{}", h.payload_hash)))
-            .send()
-            .await
-            .unwrap();
+        let r = server
+            .get(&format!("/v1/events/by-hash/{}", h.payload_hash))
+            .await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap(), line.as_slice());
         // Conditional: the client's copy is current.
@@ -328,9 +357,8 @@ async fn events_are_served_byte_for_byte_by_id_and_by_hash_with_etags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_page_through_the_store_in_order_exactly_once_and_filter() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
-    let server = stored.serve(&[]);
+    let case = sample_served(&[]).await;
+    let (server, stored) = (&case.server, &case.stored);
     let http = client();
     let page_all = |query: String| {
         let http = http.clone();
@@ -421,9 +449,8 @@ async fn listings_page_through_the_store_in_order_exactly_once_and_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
-    let server = stored.serve(&[]);
+    let case = sample_served(&[]).await;
+    let (server, stored) = (&case.server, &case.stored);
     let addr = server.addr.as_str();
     let id = header(&stored.lines[0]).id;
 
@@ -483,12 +510,7 @@ async fn hostile_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
     assert_eq!(status, 400);
 
     // Still serving, and nothing answered 5xx.
-    let r = client()
-        .get(server.url(&format!("/v1/events/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    answered_within(server, id, Duration::from_secs(5)).await;
     for status in ["500", "503"] {
         assert_eq!(
             server
@@ -503,12 +525,11 @@ async fn hostile_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_guard_every_v1_route_and_a_public_address_needs_them() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
     let token = "reader-token-7f3a";
     let digest = hex::encode(Sha256::digest(token.as_bytes()));
     let tokens = format!("[\"{digest}\"]");
-    let server = stored.serve(&[("NEKHEBET_SERVE__TOKENS", &tokens)]);
+    let case = sample_served(&[("NEKHEBET_SERVE__TOKENS", &tokens)]).await;
+    let (server, stored) = (&case.server, &case.stored);
     let http = client();
     let id = header(&stored.lines[0]).id;
     let hash = header(&stored.lines[0]).payload_hash;
@@ -517,7 +538,7 @@ async fn tokens_guard_every_v1_route_and_a_public_address_needs_them() {
         format!("/v1/events/by-hash/{hash}"),
         "/v1/events".to_string(),
     ] {
-        let r = http.get(server.url(&path)).send().await.unwrap();
+        let r = server.get(&path).await;
         assert_eq!(r.status(), 401, "{path}");
         assert!(r.headers()["www-authenticate"]
             .to_str()
@@ -552,13 +573,8 @@ async fn tokens_guard_every_v1_route_and_a_public_address_needs_them() {
         assert_eq!(r.status(), 200, "{path}");
     }
     for open in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(
-            http.get(server.url(open)).send().await.unwrap().status(),
-            200,
-            "{open}"
-        );
+        assert_eq!(server.get(open).await.status(), 200, "{open}");
     }
-    drop(server);
 
     // No tokens on a non-loopback address: refused at start, naming the keys.
     let mut child = Server::spawn(
@@ -595,14 +611,14 @@ async fn tokens_guard_every_v1_route_and_a_public_address_needs_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_a_client_that_trusts_the_certificate_and_refuses_plain_http() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
     let certs = tls_servers::Certs::generate();
     let (cert, key) = (certs.server_cert(), certs.server_key());
-    let server = stored.serve(&[
+    let case = sample_served(&[
         ("NEKHEBET_SERVE__TLS_CERT", cert.to_str().unwrap()),
         ("NEKHEBET_SERVE__TLS_KEY", key.to_str().unwrap()),
-    ]);
+    ])
+    .await;
+    let (server, stored) = (&case.server, &case.stored);
     assert!(server.base.starts_with("https://"), "{}", server.base);
     let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.ca()).unwrap()).unwrap();
     let trusting = reqwest::Client::builder()
@@ -637,9 +653,8 @@ async fn tls_serves_a_client_that_trusts_the_certificate_and_refuses_plain_http(
 /// read falls back to PostgreSQL's bytes and the failure is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_blob_written_beside_the_server_is_never_served() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
-    let server = stored.serve(&[]);
+    let case = sample_served(&[]).await;
+    let (server, stored) = (&case.server, &case.stored);
     let (genuine, other) = (&stored.lines[3], &stored.lines[4]);
     let h = header(genuine);
     let mut cfg = nekhebet_store::config::Config::default().lmdb;
@@ -653,11 +668,7 @@ async fn a_foreign_blob_written_beside_the_server_is_never_served() {
     .await
     .unwrap();
     drop(lmdb);
-    let r = client()
-        .get(server.url(&format!("/v1/events/{}", h.id)))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get(&format!("/v1/events/{}", h.id)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()[nekhebet_store::serve::SERVED_FROM], "postgres");
     assert_eq!(r.bytes().await.unwrap(), genuine.as_slice());
@@ -685,9 +696,8 @@ async fn a_foreign_blob_written_beside_the_server_is_never_served() {
 /// `serve.max_connections` new connections wait their turn instead of exhausting the process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_are_cut_and_others_are_still_served() {
-    let _serial = SERIAL.lock().await;
-    let stored = Stored::sample().await;
-    let server = stored.serve(&[("NEKHEBET_SERVE__HEADER_TIMEOUT_MS", "2000")]);
+    let case = sample_served(&[("NEKHEBET_SERVE__HEADER_TIMEOUT_MS", "2000")]).await;
+    let (server, stored) = (&case.server, &case.stored);
     let id = header(&stored.lines[0]).id;
     let mut idle = Vec::new();
     for _ in 0..3000 {
@@ -701,18 +711,7 @@ async fn thousands_of_idle_connections_are_cut_and_others_are_still_served() {
     let mut kept = TcpStream::connect(&server.addr).unwrap();
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let started = Instant::now();
-    let r = client()
-        .get(server.url(&format!("/v1/events/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "answered in {:?}",
-        started.elapsed()
-    );
+    answered_within(server, id, Duration::from_secs(2)).await;
     // After the header timeout every idle connection has been closed by the server.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for s in idle.iter_mut().step_by(100).chain([&mut kept]) {
@@ -729,7 +728,6 @@ async fn thousands_of_idle_connections_are_cut_and_others_are_still_served() {
         .await;
     assert!(cut >= 3000.0, "{cut} cut for header_timeout");
     drop(idle);
-    drop(server);
 
     // At the connection limit, a new client waits for a slot (freed by the header timeout)
     // instead of the server running out of file descriptors.
@@ -740,18 +738,7 @@ async fn thousands_of_idle_connections_are_cut_and_others_are_still_served() {
     let idle: Vec<TcpStream> = (0..500)
         .map(|_| TcpStream::connect(&server.addr).unwrap())
         .collect();
-    let started = Instant::now();
-    let r = client()
-        .get(server.url(&format!("/v1/events/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "answered in {:?}",
-        started.elapsed()
-    );
+    answered_within(&server, id, Duration::from_secs(20)).await;
     drop(idle);
 }
 
@@ -762,26 +749,14 @@ async fn thousands_of_idle_connections_are_cut_and_others_are_still_served() {
 async fn clients_that_never_read_a_large_listing_do_not_grow_the_server() {
     let _serial = SERIAL.lock().await;
     // 2,500 envelopes of ~32 KiB: one listing is ~80 MB, four would be ~320 MB if buffered.
-    let mut producer = Producer::new("bulky", 61);
-    let lines: Vec<Vec<u8>> = (0..2500)
-        .map(|n| {
-            let mut spec = producer.next_spec();
-            spec.payload = serde_json::json!({ "n": n, "pad": "p".repeat(32 * 1024) });
-            producer.sign(&spec)
-        })
-        .collect();
+    let lines = padded("bulky", 61, 2500, 32 * 1024);
     let stored = Stored::with(lines).await;
     let server = stored.serve(&[
         ("NEKHEBET_SERVE__WRITE_TIMEOUT_MS", "3000"),
         ("NEKHEBET_SERVE__MAX_CONCURRENT_LISTINGS", "4"),
     ]);
-    let http = client();
     // Warm up (allocator, statement caches), then measure.
-    let r = http
-        .get(server.url("/v1/events?limit=10000"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v1/events?limit=10000").await;
     let warm = r.bytes().await.unwrap().len();
     assert!(warm > 2500 * 32 * 1024, "{warm} bytes listed");
     let before = server.rss_kib();
@@ -796,11 +771,7 @@ async fn clients_that_never_read_a_large_listing_do_not_grow_the_server() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = server.rss_kib();
     let id = header(&stored.lines[9]).id;
-    let r = http
-        .get(server.url(&format!("/v1/events/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get(&format!("/v1/events/{id}")).await;
     assert_eq!(r.status(), 200, "others are still served");
     assert_eq!(r.bytes().await.unwrap(), stored.lines[9].as_slice());
     let grown_mib = during.saturating_sub(before) / 1024;
@@ -829,11 +800,7 @@ async fn clients_that_never_read_a_large_listing_do_not_grow_the_server() {
         "{cut} cut for write_timeout\n{}",
         server.log_text()
     );
-    let r = http
-        .get(server.url("/v1/events?limit=10000"))
-        .send()
-        .await
-        .unwrap();
+    let r = server.get("/v1/events?limit=10000").await;
     assert_eq!(r.status(), 200);
     let body = r.bytes().await.unwrap();
     assert_eq!(
@@ -857,19 +824,11 @@ async fn serve_beside_a_writer_reads_what_it_writes_while_the_map_grows() {
     let lmdb = dir.path().join("lmdb");
     let small_map = [("NEKHEBET_LMDB__MAP_SIZE", "1048576")];
     let server = Server::start(&db.url, &lmdb, &small_map);
-    let http = client();
-    let ready = http.get(server.url("/readyz")).send().await.unwrap();
+    let ready = server.get("/readyz").await;
     assert_eq!(ready.status(), 200);
 
     // 2,000 envelopes of ~8 KiB: the writer doubles a 1 MiB map about five times.
-    let mut producer = Producer::new("beside", 62);
-    let lines: Vec<Vec<u8>> = (0..2000)
-        .map(|n| {
-            let mut spec = producer.next_spec();
-            spec.payload = serde_json::json!({ "n": n, "pad": "q".repeat(8 * 1024) });
-            producer.sign(&spec)
-        })
-        .collect();
+    let lines = padded("beside", 62, 2000, 8 * 1024);
     let file = dir.path().join("in.jsonl");
     let text: Vec<u8> = lines
         .iter()
@@ -889,11 +848,7 @@ async fn serve_beside_a_writer_reads_what_it_writes_while_the_map_grows() {
     );
 
     for line in lines.iter().step_by(97).chain(lines.last()) {
-        let r = http
-            .get(server.url(&format!("/v1/events/{}", header(line).id)))
-            .send()
-            .await
-            .unwrap();
+        let r = server.get(&format!("/v1/events/{}", header(line).id)).await;
         assert_eq!(r.status(), 200, "{}", server.log_text());
         assert_eq!(r.headers()[nekhebet_store::serve::SERVED_FROM], "lmdb");
         assert_eq!(r.bytes().await.unwrap(), line.as_slice());
@@ -903,6 +858,6 @@ async fn serve_beside_a_writer_reads_what_it_writes_while_the_map_grows() {
         "the map was grown past serve's mapping: {}",
         server.log_text()
     );
-    let ready = http.get(server.url("/readyz")).send().await.unwrap();
+    let ready = server.get("/readyz").await;
     assert_eq!(ready.status(), 200);
 }

@@ -552,17 +552,10 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing_
 #[tokio::test]
 async fn reconcile_compares_and_repairs_the_append_layout_by_seq() {
     use nekhebet_store::cli::reconcile::reconcile;
-    use nekhebet_store::config::LmdbLayout;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let lines = sample_lines();
-    let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
-        .await
-        .unwrap();
-    let hybrid = HybridStore::with_layout(pg.clone(), lmdb.clone(), LmdbLayout::Append);
-    let store = Store::Hybrid(hybrid.clone());
-    pg.save_batch(&items(&lines[..50])).await.unwrap();
+    let (pg, lmdb, store) = append_hybrid(&db, dir.path()).await;
+    pg.save_batch(&items(&sample_lines()[..50])).await.unwrap();
     let rows: Vec<(i64, Vec<u8>)> = db
         .client()
         .await
@@ -588,7 +581,7 @@ async fn reconcile_compares_and_repairs_the_append_layout_by_seq() {
     assert_eq!(report.differing, vec![format!("seq {}", rows[3].0)]);
     // The foreign blob is never served meanwhile.
     let id = decode(std::str::from_utf8(&rows[3].1).unwrap()).header.id;
-    assert_eq!(hybrid.get(id).await.unwrap().unwrap(), rows[3].1);
+    assert_eq!(store.get(id).await.unwrap().unwrap(), rows[3].1);
 
     assert_eq!(reconcile(&store, true).await.unwrap().repaired, 11);
     let after = reconcile(&store, false).await.unwrap();

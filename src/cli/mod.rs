@@ -163,7 +163,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     .map_err(|e| anyhow::anyhow!("--hash {h:?}: expected {e}"))?,
                 (None, None) => anyhow::bail!("give an id or --hash"),
             };
-            let store = Store::open_reader(&config)
+            let store = Store::open_for(&config, crate::store::Access::Read)
                 .await
                 .context("opening the store")?;
             match store.read(&key).await? {

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::store::Store;
 
 pub async fn command(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = Store::open_reader(config)
+    let store = Store::open_for(config, crate::store::Access::Read)
         .await
         .context("opening the store")?;
     let shutdown = super::ingest::shutdown_on_signals();

@@ -6,32 +6,39 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
 
 use super::error::{clip, ApiError};
 use super::AppState;
-use crate::store::read::{Key, Origin};
+use crate::store::read::{Key, Origin, ReadError};
 
 /// Which copy a response carries (`lmdb` or `postgres`): for operators and tests.
 pub const SERVED_FROM: &str = "nekhebet-served-from";
 
-pub async fn by_id(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let key = Key::parse_id(&id)
-        .map_err(|e| ApiError::bad_request("bad_id", format!("{:?}: {e}", clip(&id, 64))))?;
-    one(&state, key, &headers).await
+/// How the route names the event.
+#[derive(Debug, Clone, Copy)]
+pub enum By {
+    Id,
+    Hash,
 }
 
-pub async fn by_hash(
-    State(state): State<AppState>,
-    Path(hash): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let key = Key::parse_hash(&hash)
-        .map_err(|e| ApiError::bad_request("bad_hash", format!("{:?}: {e}", clip(&hash, 80))))?;
-    one(&state, key, &headers).await
+impl By {
+    fn key(self, raw: &str) -> Result<Key, ApiError> {
+        let (parsed, code) = match self {
+            By::Id => (Key::parse_id(raw), "bad_id"),
+            By::Hash => (Key::parse_hash(raw), "bad_hash"),
+        };
+        parsed.map_err(|e| ApiError::bad_request(code, format!("{:?}: {e}", clip(raw, 80))))
+    }
+}
+
+/// `GET` of one event named by its id or content hash (the route's one path parameter).
+pub fn route(by: By) -> MethodRouter<AppState> {
+    get(
+        move |State(state): State<AppState>, Path(raw): Path<String>, headers: HeaderMap| async move {
+            one(&state, by.key(&raw)?, &headers).await
+        },
+    )
 }
 
 async fn one(state: &AppState, key: Key, headers: &HeaderMap) -> Result<Response, ApiError> {
@@ -42,22 +49,12 @@ async fn one(state: &AppState, key: Key, headers: &HeaderMap) -> Result<Response
         .await
         .map_err(|_| ApiError::unavailable("shutting_down", "the server is stopping"))?;
     if let Some(tags) = headers.get(header::IF_NONE_MATCH) {
-        let hash = state
-            .store
-            .content_hash_of(&key)
-            .await
-            .map_err(ApiError::from_read)?
-            .ok_or_else(|| absent(&key))?;
+        let hash = present(state.store.content_hash_of(&key).await, &key)?;
         if names_hash(tags, &hash) {
             return Ok((StatusCode::NOT_MODIFIED, cache_headers(&hash)).into_response());
         }
     }
-    let found = state
-        .store
-        .read(&key)
-        .await
-        .map_err(ApiError::from_read)?
-        .ok_or_else(|| absent(&key))?;
+    let found = present(state.store.read(&key).await, &key)?;
     let origin = match found.origin {
         Origin::Lmdb => "lmdb",
         Origin::Postgres => "postgres",
@@ -79,8 +76,10 @@ async fn one(state: &AppState, key: Key, headers: &HeaderMap) -> Result<Response
         .into_response())
 }
 
-fn absent(key: &Key) -> ApiError {
-    ApiError::not_found(format!("no {key} in the store"))
+/// What a read found, or 404 when the store holds no such event.
+fn present<T>(read: Result<Option<T>, ReadError>, key: &Key) -> Result<T, ApiError> {
+    read.map_err(ApiError::from_read)?
+        .ok_or_else(|| ApiError::not_found(format!("no {key} in the store")))
 }
 
 fn cache_headers(hash: &str) -> [(header::HeaderName, HeaderValue); 2] {

@@ -132,8 +132,11 @@ pub async fn start(
 fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration) -> Router {
     let v1 = Router::new()
         .route("/v1/events", get(list::list))
-        .route("/v1/events/{id}", get(events::by_id))
-        .route("/v1/events/by-hash/{content_hash}", get(events::by_hash))
+        .route("/v1/events/{id}", events::route(events::By::Id))
+        .route(
+            "/v1/events/by-hash/{content_hash}",
+            events::route(events::By::Hash),
+        )
         .route_layer(from_fn_with_state(tokens, auth::require));
     let operations = Router::new()
         .route("/healthz", get(health::healthz))

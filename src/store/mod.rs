@@ -84,6 +84,16 @@ pub struct EventMetadata {
 /// Highest applied offset per (topic, partition), as stored with the data.
 pub type AppliedOffsets = HashMap<Partition, i64>;
 
+/// How a process uses the store's LMDB environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The worker, `import`, `reconcile`: writes (creates the databases, grows the map).
+    Write,
+    /// `get`, `serve`: reads beside a writer and writes nothing to an existing environment
+    /// ([`LmdbStore::open_reader`]).
+    Read,
+}
+
 /// The configured repository.
 #[derive(Clone)]
 pub enum Store {
@@ -93,14 +103,21 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the repository `config.store.mode` names. PostgreSQL must be migrated (`migrate`).
+    /// Opens the repository `config.store.mode` names, to write. PostgreSQL must be migrated
+    /// (`migrate`).
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        Self::open_for(config, Access::Write).await
+    }
+
+    /// Opens the repository `config.store.mode` names, to write or to read beside a writer.
+    pub async fn open_for(config: &Config, access: Access) -> Result<Store, StoreError> {
+        let lmdb = |standalone| LmdbStore::open_for(&config.lmdb, standalone, access);
         Ok(match config.store.mode {
             StoreMode::Postgres => Store::Postgres(PgStore::connect(&config.postgres).await?),
-            StoreMode::Lmdb => Store::Lmdb(LmdbStore::open(&config.lmdb, true).await?),
+            StoreMode::Lmdb => Store::Lmdb(lmdb(true).await?),
             StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
                 PgStore::connect(&config.postgres).await?,
-                LmdbStore::open(&config.lmdb, false).await?,
+                lmdb(false).await?,
                 config.lmdb.layout,
             )),
         })

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::lmdb::BlobKey;
 use super::postgres::Located;
 use super::{HybridStore, LmdbStore, PgStore, Store, StoreError};
-use crate::config::{Config, LmdbLayout, StoreMode};
+use crate::config::LmdbLayout;
 use crate::envelope::{decode, Limits};
 use crate::telemetry::names;
 
@@ -120,20 +120,6 @@ pub fn check(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<(), 
 }
 
 impl Store {
-    /// Opens the configured store for reading beside a worker: LMDB through
-    /// [`LmdbStore::open_reader`], which writes nothing to an existing environment.
-    pub async fn open_reader(config: &Config) -> Result<Store, StoreError> {
-        Ok(match config.store.mode {
-            StoreMode::Postgres => Store::Postgres(PgStore::connect(&config.postgres).await?),
-            StoreMode::Lmdb => Store::Lmdb(LmdbStore::open_reader(&config.lmdb, true).await?),
-            StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
-                PgStore::connect(&config.postgres).await?,
-                LmdbStore::open_reader(&config.lmdb, false).await?,
-                config.lmdb.layout,
-            )),
-        })
-    }
-
     /// The checked envelope bytes of an event (see the module docs).
     pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
         match self {
@@ -256,16 +242,7 @@ mod tests {
     use crate::dev::signing::{sign, EnvelopeSpec};
 
     fn envelope(n: u64) -> (Bytes, Uuid, String) {
-        let spec = EnvelopeSpec {
-            event_type: "omen.observed".into(),
-            source: "test".into(),
-            key_id: "k".into(),
-            payload: serde_json::json!({ "n": n }),
-            issued_at: None,
-            expires_at: None,
-            nonce: None,
-            id: None,
-        };
+        let spec = EnvelopeSpec::observed("k", serde_json::json!({ "n": n }));
         let bytes = Bytes::from(sign(
             &spec,
             &ed25519_dalek::SigningKey::from_bytes(&[3; 32]),

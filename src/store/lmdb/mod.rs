@@ -125,15 +125,7 @@ impl LmdbStore {
         // one `LmdbStore` per path, and other processes (Python readers) go through LMDB too.
         #[allow(unsafe_code)]
         let env = unsafe { opts.open(path) }?;
-        let mut wtxn = env.write_txn()?;
-        let dbs = Dbs {
-            blobs: env.create_database(&mut wtxn, Some("blobs"))?,
-            events: env.create_database(&mut wtxn, Some("events"))?,
-            replay: env.create_database(&mut wtxn, Some("replay_guard"))?,
-            ids: env.create_database(&mut wtxn, Some("ids"))?,
-            offsets: env.create_database(&mut wtxn, Some("offsets"))?,
-        };
-        wtxn.commit()?;
+        let dbs = reader::create_dbs(&env)?;
         Ok(LmdbStore {
             inner: Arc::new(Inner {
                 env,
@@ -452,8 +444,9 @@ impl LmdbStore {
         Ok(self.len().await? == 0)
     }
 
+    /// Whether a read transaction can begin (readiness), adopting a map another process grew.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read_blocking(move |_, _| Ok(())).await
+        self.read_snapshot(|_, _| Ok(())).await
     }
 
     /// (map size, bytes in use) for the gauges.

@@ -9,7 +9,6 @@
 //!   fails with `MDB_MAP_RESIZED`; the read adopts the new size (`mdb_env_set_mapsize(0)` while no
 //!   transaction of this process is open) and is retried.
 
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use heed::{Env, EnvOpenOptions, RoTxn, WithTls};
@@ -17,7 +16,7 @@ use uuid::Uuid;
 
 use super::{page_align, run_blocking, Dbs, Inner, LmdbError, LmdbStore};
 use crate::config::LmdbConfig;
-use crate::store::StoreError;
+use crate::store::{Access, StoreError};
 
 /// Where a blob is kept: under its content hash (compatible layout) or its PostgreSQL `events.seq`
 /// (append layout).
@@ -37,6 +36,18 @@ impl std::fmt::Display for BlobKey {
 }
 
 impl LmdbStore {
+    /// [`LmdbStore::open`] or [`LmdbStore::open_reader`], as `access` says.
+    pub async fn open_for(
+        cfg: &LmdbConfig,
+        standalone: bool,
+        access: Access,
+    ) -> Result<LmdbStore, StoreError> {
+        match access {
+            Access::Write => Self::open(cfg, standalone).await,
+            Access::Read => Self::open_reader(cfg, standalone).await,
+        }
+    }
+
     /// Opens the environment at `cfg.path` for reading beside its writer (see the module docs).
     /// `standalone` is LMDB-only mode.
     pub async fn open_reader(cfg: &LmdbConfig, standalone: bool) -> Result<LmdbStore, StoreError> {
@@ -64,13 +75,8 @@ impl LmdbStore {
             .await
     }
 
-    /// Whether a read transaction can begin (readiness), adopting a map grown meanwhile.
-    pub async fn check_readable(&self) -> Result<(), StoreError> {
-        self.read_snapshot(|_, _| Ok(())).await
-    }
-
     /// A read transaction on the blocking pool that adopts a map grown by another process.
-    async fn read_snapshot<T: Send + 'static>(
+    pub(super) async fn read_snapshot<T: Send + 'static>(
         &self,
         f: impl Fn(&Dbs, &RoTxn<WithTls>) -> heed::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -131,7 +137,10 @@ fn open_reader_blocking(cfg: &LmdbConfig, standalone: bool) -> Result<LmdbStore,
     let env = unsafe { opts.open(path) }?;
     let dbs = match existing_dbs(&env)? {
         Some(dbs) => dbs,
-        None => created_dbs(&env, path)?,
+        None => {
+            tracing::info!(path = %path.display(), "LMDB environment lacks databases: creating them");
+            create_dbs(&env)?
+        }
     };
     Ok(LmdbStore {
         inner: Arc::new(Inner {
@@ -168,9 +177,9 @@ fn existing_dbs(env: &Env<WithTls>) -> Result<Option<Dbs>, heed::Error> {
     }))
 }
 
-/// A new environment (or one written by an older version): its databases are created.
-fn created_dbs(env: &Env<WithTls>, path: &Path) -> Result<Dbs, heed::Error> {
-    tracing::info!(path = %path.display(), "LMDB environment lacks databases: creating them");
+/// Every database, created where missing, in one write transaction (the writer's open, and a
+/// reader's of a new environment).
+pub(super) fn create_dbs(env: &Env<WithTls>) -> Result<Dbs, heed::Error> {
     let mut wtxn = env.write_txn()?;
     let dbs = Dbs {
         blobs: env.create_database(&mut wtxn, Some("blobs"))?,

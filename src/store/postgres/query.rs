@@ -127,16 +127,8 @@ impl PgStore {
     pub async fn stream_by_seq(
         &self,
     ) -> Result<impl Stream<Item = Result<(i64, Vec<u8>), PgError>>, PgError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query_raw(
-                "SELECT seq, envelope FROM events ORDER BY seq",
-                std::iter::empty::<&(dyn ToSql + Sync)>(),
-            )
-            .await?;
-        Ok(super::read::stream_rows(client, rows, |r| {
-            (r.get(0), r.get(1))
-        }))
+        let sql = "SELECT seq, envelope FROM events ORDER BY seq";
+        self.stream_all(sql, |r| (r.get(0), r.get(1))).await
     }
 
     /// Starts reading one page of a listing (see the module docs). Returns once PostgreSQL has
@@ -186,10 +178,7 @@ async fn run_listing(
 
     // The keys of rows `limit` and `limit + 1`: a second row means more follow the page.
     let offset = limit - 1;
-    let peek_sql = format!(
-        "SELECT issued_at, id FROM events {conditions} ORDER BY issued_at, id OFFSET ${} LIMIT 2",
-        params.len() + 1
-    );
+    let peek_sql = statement(Part::Peek, &conditions, params.len() + 1);
     let peek = tx.prepare_cached(&peek_sql).await?;
     params.push(&offset);
     let keys = tx.query(&peek, &params).await?;
@@ -204,10 +193,7 @@ async fn run_listing(
         }
     }
 
-    let page_sql = format!(
-        "SELECT id, content_hash, envelope FROM events {conditions} ORDER BY issued_at, id LIMIT ${}",
-        params.len() + 1
-    );
+    let page_sql = statement(Part::Page, &conditions, params.len() + 1);
     let page = tx.prepare_cached(&page_sql).await?;
     params.push(&limit);
     let portal = tx.bind(&page, &params).await?;
@@ -239,6 +225,24 @@ async fn run_listing(
             return Ok(());
         }
     }
+}
+
+/// The two statements of a listing.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// The keys of rows `limit` and `limit + 1` (`$last` is the offset `limit - 1`).
+    Peek,
+    /// The page (`$last` is `limit`).
+    Page,
+}
+
+/// The statement for `part` of the rows `conditions` select, in listing order.
+fn statement(part: Part, conditions: &str, last: usize) -> String {
+    let (columns, tail) = match part {
+        Part::Peek => ("issued_at, id", format!("OFFSET ${last} LIMIT 2")),
+        Part::Page => ("id, content_hash, envelope", format!("LIMIT ${last}")),
+    };
+    format!("SELECT {columns} FROM events {conditions} ORDER BY issued_at, id {tail}")
 }
 
 /// `WHERE …` for the filter and the position after which the page starts, with its parameters
