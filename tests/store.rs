@@ -97,7 +97,7 @@ async fn migrate_is_idempotent_and_versioned() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 7]);
     // nekhebet-store 4.0's tables, columns and indexes are all there.
     for (table, column) in [
         ("events", "id"),
@@ -128,6 +128,9 @@ async fn migrate_is_idempotent_and_versioned() {
         "idx_events_type_issued",
         "idx_events_source_issued",
         "idx_replay_guard_issued_at",
+        // The read API's listings (migration 7).
+        "idx_events_issued_id",
+        "idx_events_key_issued_id",
     ] {
         let n: i64 = client
             .query_one(
