@@ -119,6 +119,21 @@ pub fn check(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<(), 
     Ok(())
 }
 
+/// Envelopes at least this large are checked on the blocking pool: canonicalizing megabytes
+/// would stall the async runtime.
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+
+/// [`check`], off the async runtime for large envelopes.
+async fn checked(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<(), String> {
+    if bytes.len() < INLINE_CHECK_BYTES {
+        return check(bytes, id, content_hash);
+    }
+    let (bytes, hash) = (bytes.clone(), content_hash.to_owned());
+    tokio::task::spawn_blocking(move || check(&bytes, id, &hash))
+        .await
+        .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")))
+}
+
 impl Store {
     /// The checked envelope bytes of an event (see the module docs).
     pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
@@ -151,7 +166,7 @@ impl HybridStore {
             LmdbLayout::Append => BlobKey::Seq(at.seq),
         };
         match self.lmdb().read_blob(blob_key).await? {
-            Some(bytes) => match check(&bytes, Some(at.id), &at.content_hash) {
+            Some(bytes) => match checked(&bytes, Some(at.id), &at.content_hash).await {
                 Ok(()) => {
                     metrics::counter!(names::LMDB_READ_HITS).increment(1);
                     return Ok(Some(Found {
@@ -216,7 +231,8 @@ async fn read_lmdb(lmdb: &LmdbStore, key: &Key) -> Result<Option<Found>, ReadErr
     let Some(bytes) = lmdb.read_blob(BlobKey::Hash(content_hash.clone())).await? else {
         return Ok(None);
     };
-    authority(key, "lmdb", check(&bytes, id, &content_hash))?;
+    let verdict = checked(&bytes, id, &content_hash).await;
+    authority(key, "lmdb", verdict)?;
     Ok(Some(Found {
         bytes,
         content_hash,
