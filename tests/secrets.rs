@@ -421,7 +421,12 @@ fn no_unsafe_outside_the_heed_calls() {
     for d in ["src", "tests", "benches", "fuzz"] {
         rs_files(&root.join(d), &mut files);
     }
-    let allowed: &[(&str, usize)] = &[("src/store/lmdb/mod.rs", 3), ("src/dev/ceiling.rs", 1)];
+    let allowed: &[(&str, usize)] = &[
+        ("src/store/lmdb/mod.rs", 3),
+        // The reader's open beside a writer, and adopting a map another process grew.
+        ("src/store/lmdb/reader.rs", 2),
+        ("src/dev/ceiling.rs", 1),
+    ];
     let mut found = std::collections::BTreeMap::new();
     for f in &files {
         let rel = f.strip_prefix(root).unwrap().display().to_string();
