@@ -101,6 +101,28 @@ impl Server {
             .expect("VmRSS")
     }
 
+    /// The number of envelopes a listing answers (200 expected).
+    async fn listed_lines(&self, path: &str) -> usize {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "{}", self.log_text());
+        let body = r.bytes().await.unwrap();
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+    }
+
+    /// Waits until the server has cut at least `n` connections for `reason`.
+    async fn wait_cut(&self, reason: &str, n: u32) {
+        let what = format!("{n} connections cut for {reason}");
+        common::kafka::wait_for(Duration::from_secs(120), &what, || async {
+            let cut = self
+                .metric("nekhebet_http_connections_cut_total", &[("reason", reason)])
+                .await;
+            (cut >= f64::from(n)).then_some(())
+        })
+        .await;
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -732,20 +754,7 @@ async fn thousands_of_idle_connections_are_cut_and_others_are_still_served() {
         "idle connections the server had closed before answering"
     );
     // Then the header timeout closes every one of them.
-    common::kafka::wait_for(
-        Duration::from_secs(120),
-        "the header timeout to close the idle connections",
-        || async {
-            let cut = server
-                .metric(
-                    "nekhebet_http_connections_cut_total",
-                    &[("reason", "header_timeout")],
-                )
-                .await;
-            (cut >= 3001.0).then_some(())
-        },
-    )
-    .await;
+    server.wait_cut("header_timeout", 3001).await;
     for s in idle.iter().step_by(50).chain([&kept]) {
         assert!(!held_open(s), "a connection is still open");
     }
@@ -810,29 +819,8 @@ async fn clients_that_never_read_a_large_listing_do_not_grow_the_server() {
     );
 
     // The write timeout cuts the stalled clients; their slots serve the next listing in full.
-    common::kafka::wait_for(
-        Duration::from_secs(120),
-        "the write timeout to cut the stalled listings",
-        || async {
-            let cut = server
-                .metric(
-                    "nekhebet_http_connections_cut_total",
-                    &[("reason", "write_timeout")],
-                )
-                .await;
-            (cut >= 4.0).then_some(())
-        },
-    )
-    .await;
-    let r = server.get("/v1/events?limit=10000").await;
-    assert_eq!(r.status(), 200);
-    let body = r.bytes().await.unwrap();
-    assert_eq!(
-        body.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count(),
-        2500
-    );
+    server.wait_cut("write_timeout", 4).await;
+    assert_eq!(server.listed_lines("/v1/events?limit=10000").await, 2500);
     drop(stalled);
     eprintln!("RSS before {before} KiB, with 4 stalled listings {during} KiB (+{grown_mib} MiB)");
 }
@@ -917,13 +905,5 @@ async fn serve_runs_as_a_login_role_in_nekhebet_reader() {
     let r = server.get(&format!("/v1/events/{}", header(line).id)).await;
     assert_eq!(r.status(), 200, "{}", server.log_text());
     assert_eq!(r.bytes().await.unwrap(), line.as_slice());
-    let r = server.get("/v1/events?limit=2000").await;
-    assert_eq!(r.status(), 200, "{}", server.log_text());
-    let body = r.bytes().await.unwrap();
-    assert_eq!(
-        body.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .count(),
-        2000
-    );
+    assert_eq!(server.listed_lines("/v1/events?limit=2000").await, 2000);
 }
