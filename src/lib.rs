@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod partition;
 pub mod pipeline;
 pub mod reason;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod tlog;

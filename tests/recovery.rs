@@ -292,7 +292,6 @@ async fn an_lmdb_map_grown_by_another_process_is_adopted() {
 /// LMDB is a copy of PostgreSQL, never the authority. A foreign or stale blob under a content hash
 /// (a restored snapshot, a bug, an intruder) is never served as that event: reads check the bytes
 /// against the hash and fall back to PostgreSQL, and `reconcile --repair` replaces the blob.
-#[ignore = "issue 12 §11: fails on main; fixed in a later commit"]
 #[tokio::test]
 async fn a_foreign_blob_in_lmdb_is_never_served_and_reconcile_repair_replaces_it() {
     let db = TestDb::new().await;

@@ -421,7 +421,13 @@ fn no_unsafe_outside_the_heed_calls() {
     for d in ["src", "tests", "benches", "fuzz"] {
         rs_files(&root.join(d), &mut files);
     }
-    let allowed: &[(&str, usize)] = &[("src/store/lmdb/mod.rs", 4), ("src/dev/ceiling.rs", 1)];
+    let allowed: &[(&str, usize)] = &[
+        ("src/store/lmdb/mod.rs", 4),
+        // The reader's open beside a writer.
+        ("src/store/lmdb/reader.rs", 1),
+        ("src/dev/ceiling.rs", 1),
+        ("src/dev/limit.rs", 1),
+    ];
     let mut found = std::collections::BTreeMap::new();
     for f in &files {
         let rel = f.strip_prefix(root).unwrap().display().to_string();

@@ -98,7 +98,7 @@ async fn migrate_is_idempotent_and_versioned() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     // nekhebet-store 4.0's tables, columns and indexes are all there.
     for (table, column) in [
         ("events", "id"),
@@ -129,6 +129,9 @@ async fn migrate_is_idempotent_and_versioned() {
         "idx_events_type_issued",
         "idx_events_source_issued",
         "idx_replay_guard_issued_at",
+        // The read API's listings (migration 7).
+        "idx_events_issued_id",
+        "idx_events_key_issued_id",
     ] {
         let n: i64 = client
             .query_one(
@@ -579,7 +582,7 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
 }
 
 #[tokio::test]
-async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing() {
+async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing_and_differing() {
     use nekhebet_store::cli::reconcile::reconcile;
     use nekhebet_store::store::lmdb::BlobBatch;
     let db = TestDb::new().await;
@@ -618,10 +621,11 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
     assert_eq!(report.repaired, 0);
 
     let repaired = reconcile(&store, true).await.unwrap();
-    assert_eq!(repaired.repaired, 10);
+    assert_eq!(repaired.repaired, 11, "10 missing and 1 differing");
     let after = reconcile(&store, false).await.unwrap();
     assert_eq!((after.compared, after.missing.len()), (50, 0));
-    for l in &lines[40..50] {
+    assert!(after.differing.is_empty(), "{:?}", after.differing);
+    for l in lines[40..50].iter().chain([&lines[3]]) {
         let e = decode(l);
         assert_eq!(
             lmdb.get_by_hash(e.header.payload_hash.clone())
@@ -630,6 +634,50 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing(
                 .unwrap(),
             l.as_bytes()
         );
+    }
+}
+
+/// The append layout (blobs under PostgreSQL's seq): the same findings and repairs, by seq.
+#[tokio::test]
+async fn reconcile_compares_and_repairs_the_append_layout_by_seq() {
+    use nekhebet_store::cli::reconcile::reconcile;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, lmdb, store) = append_hybrid(&db, dir.path()).await;
+    pg.save_batch(&items(&sample_lines()[..50])).await.unwrap();
+    let rows: Vec<(i64, Vec<u8>)> = db
+        .client()
+        .await
+        .query("SELECT seq, envelope FROM events ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut blobs: Vec<(i64, Bytes)> = rows[..40]
+        .iter()
+        .map(|(seq, b)| (*seq, Bytes::from(b.clone())))
+        .collect();
+    blobs[3].1 = Bytes::from(rows[4].1.clone()); // another event's bytes
+    let orphan = rows[49].0 + 1000;
+    blobs.push((orphan, Bytes::from_static(b"orphan")));
+    lmdb.append_blobs(blobs, vec![]).await.unwrap();
+
+    let report = reconcile(&store, false).await.unwrap();
+    assert_eq!(report.compared, 40);
+    assert_eq!(report.missing.len(), 10);
+    assert_eq!(report.orphans, vec![format!("seq {orphan}")]);
+    assert_eq!(report.differing, vec![format!("seq {}", rows[3].0)]);
+    // The foreign blob is never served meanwhile.
+    let id = decode(std::str::from_utf8(&rows[3].1).unwrap()).header.id;
+    assert_eq!(store.get(id).await.unwrap().unwrap(), rows[3].1);
+
+    assert_eq!(reconcile(&store, true).await.unwrap().repaired, 11);
+    let after = reconcile(&store, false).await.unwrap();
+    assert_eq!((after.compared, after.missing.len()), (50, 0));
+    assert!(after.differing.is_empty());
+    for (seq, bytes) in &rows {
+        assert_eq!(lmdb.get_seq(*seq).await.unwrap().as_ref(), Some(bytes));
     }
 }
 

@@ -5,6 +5,7 @@ pub mod ingest;
 pub mod keys;
 pub mod reconcile;
 pub mod replay_guard;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::store::read::Key;
 use crate::store::{PgStore, Store};
 
 #[derive(Parser, Debug)]
@@ -39,7 +41,9 @@ pub enum Command {
     Migrate,
     /// Import JSONL envelopes (one a line) through the same batch path as the worker.
     Import(import::ImportArgs),
-    /// Print the stored envelope bytes of an event (exit 1 if absent).
+    /// Print the stored envelope bytes of an event (exit 1 if absent), read as `serve` reads them:
+    /// LMDB first, PostgreSQL when LMDB lacks the blob or it fails the check against the content
+    /// hash.
     Get {
         /// Event id (UUID).
         #[arg(required_unless_present = "hash")]
@@ -64,12 +68,17 @@ pub enum Command {
     /// The public keys each key_id is pinned to (without a key registry): list, pin, unpin.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
-    /// Compare PostgreSQL and LMDB (missing blobs, orphans, differing bytes); `--repair` copies
-    /// missing blobs from PostgreSQL. Exit 1 when inconsistent and not repaired.
+    /// Compare PostgreSQL and LMDB (missing blobs, orphans, differing bytes), either LMDB layout;
+    /// `--repair` writes PostgreSQL's bytes for missing and differing blobs. Exit 1 when
+    /// inconsistent and not repaired.
     Reconcile {
         #[arg(long)]
         repair: bool,
     },
+    /// Serve the HTTP read API on `serve.listen` until SIGINT/SIGTERM: GET /v1/events/{id},
+    /// /v1/events/by-hash/{content_hash}, /v1/events (filtered pages), /healthz, /readyz,
+    /// /metrics. Runs beside a worker on the same LMDB, or alone.
+    Serve,
     /// Print the effective configuration as TOML, secrets masked.
     Config,
 }
@@ -138,19 +147,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Import(args) => import::run(args, &config).await,
         Command::Get { id, hash } => {
-            let store = Store::open(&config).await.context("opening the store")?;
-            let blob = match (id, hash) {
-                (Some(id), _) => store.get(id).await?,
-                (None, Some(h)) => store.get_by_hash(&h).await?,
+            let key = match (id, hash) {
+                (Some(id), _) => Key::Id(id),
+                (None, Some(h)) => Key::parse_hash(&h)
+                    .map_err(|e| anyhow::anyhow!("--hash {h:?}: expected {e}"))?,
                 (None, None) => anyhow::bail!("give an id or --hash"),
             };
-            match blob {
-                Some(b) => {
-                    std::io::stdout().write_all(&b)?;
+            let store = Store::open_for(&config, crate::store::Access::Read)
+                .await
+                .context("opening the store")?;
+            match store.read(&key).await? {
+                Some(found) => {
+                    std::io::stdout().write_all(&found.bytes)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    eprintln!("not found");
+                    eprintln!("not found: {key}");
                     Ok(ExitCode::from(1))
                 }
             }
@@ -192,6 +204,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile { repair } => reconcile::run(&config, repair).await,
+        Command::Serve => serve::command(&config).await,
         Command::ReplayGuard(c) => replay_guard::run(c, &config).await,
         Command::Keys(c) => keys::run(c, &config).await,
         Command::Config => {

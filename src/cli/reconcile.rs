@@ -1,14 +1,19 @@
 //! `nekhebet-store reconcile [--repair]`: PostgreSQL (authoritative) against LMDB, as a merge of two
-//! streams in content-hash order, so memory stays flat whatever the size of the store.
+//! streams in LMDB's key order (content hash in the compatible layout, seq in the append layout),
+//! so memory stays flat whatever the size of the store. `--repair` writes PostgreSQL's bytes for
+//! blobs LMDB lacks AND for blobs whose bytes differ (foreign, stale or corrupt: LMDB is a copy);
+//! orphans (blobs PostgreSQL does not hold) are reported, never deleted.
 
+use std::cmp::Ordering;
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use futures::StreamExt;
 
-use crate::config::Config;
-use crate::store::lmdb::BlobBatch;
+use crate::config::{Config, LmdbLayout};
+use crate::store::lmdb::BlobKey;
 use crate::store::Store;
 
 /// What a comparison found.
@@ -21,12 +26,31 @@ pub struct Report {
     pub orphans: Vec<String>,
     /// In both, with different bytes.
     pub differing: Vec<String>,
+    /// Missing and differing blobs written with PostgreSQL's bytes (`--repair`).
     pub repaired: u64,
+}
+
+/// Blobs read from LMDB at a time, and repairs written in one transaction.
+const PAGE: usize = 1024;
+
+/// One step of the merge of PostgreSQL's rows with LMDB's, both in key order.
+enum Step {
+    /// In PostgreSQL only.
+    Missing((BlobKey, Vec<u8>)),
+    /// In LMDB only.
+    Orphan(BlobKey),
+    /// In both: PostgreSQL's row and LMDB's bytes.
+    Both((BlobKey, Vec<u8>), Vec<u8>),
 }
 
 pub async fn run(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
     let store = Store::open(config).await.context("opening the store")?;
     let report = reconcile(&store, repair).await?;
+    let keys = match config.lmdb.layout {
+        LmdbLayout::Compatible => "content hashes (lmdb.layout = compatible)",
+        LmdbLayout::Append => "seqs (lmdb.layout = append)",
+    };
+    println!("keys       {keys}");
     println!("compared   {}", report.compared);
     println!(
         "missing    {} (in PostgreSQL, not in LMDB)",
@@ -47,9 +71,8 @@ pub async fn run(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
             println!("  {what} {h}");
         }
     }
-    let unrepaired = report.missing.len() as u64 - report.repaired
-        + report.orphans.len() as u64
-        + report.differing.len() as u64;
+    let unrepaired = (report.missing.len() + report.differing.len()) as u64 - report.repaired
+        + report.orphans.len() as u64;
     Ok(if unrepaired == 0 {
         ExitCode::SUCCESS
     } else {
@@ -57,90 +80,97 @@ pub async fn run(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Compares the two stores; with `repair`, writes PostgreSQL's bytes for every missing blob.
+/// Compares the two stores; with `repair`, writes PostgreSQL's bytes for every blob LMDB lacks
+/// or holds different bytes for (LMDB is a copy of PostgreSQL, never the authority). Both LMDB
+/// layouts: content hashes in `events` (compatible), seqs in `blobs` (append).
 pub async fn reconcile(store: &Store, repair: bool) -> anyhow::Result<Report> {
     let crate::store::Store::Hybrid(hybrid) = store else {
         anyhow::bail!("reconcile compares PostgreSQL with LMDB: set store.mode = \"hybrid\"");
     };
-    if hybrid.layout() != crate::config::LmdbLayout::Compatible {
-        anyhow::bail!("reconcile supports lmdb.layout = \"compatible\" only (the append layout heals itself from PostgreSQL's seq on redelivery)");
-    }
+    let append = match hybrid.layout() {
+        LmdbLayout::Compatible => false,
+        LmdbLayout::Append => true,
+    };
     let (pg, lmdb) = (hybrid.pg(), hybrid.lmdb());
     let (total, _) = pg.counts().await?;
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(total as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress(total as u64);
 
     let mut report = Report::default();
-    let mut pg_rows = Box::pin(pg.stream_by_hash().await?);
-    let mut page: std::collections::VecDeque<(String, Vec<u8>)> = Default::default();
-    let mut after: Option<String> = None;
+    let mut pg_rows = if append {
+        let rows = pg.stream_by_seq().await?;
+        rows.map(|r| r.map(|(seq, b)| (BlobKey::Seq(seq), b)))
+            .boxed()
+    } else {
+        let rows = pg.stream_by_hash().await?;
+        rows.map(|r| r.map(|(h, b)| (BlobKey::Hash(h), b))).boxed()
+    };
+    let mut page: VecDeque<(BlobKey, Vec<u8>)> = VecDeque::new();
+    let mut after: Option<BlobKey> = None;
     let mut lmdb_done = false;
-    let mut repairs = BlobBatch::default();
+    let mut repairs: Vec<(BlobKey, bytes::Bytes)> = Vec::new();
 
     let mut next_pg = pg_rows.next().await.transpose()?;
     loop {
         if page.is_empty() && !lmdb_done {
-            let chunk = lmdb.scan(after.clone(), 1024).await?;
-            lmdb_done = chunk.len() < 1024;
+            let chunk = lmdb.scan_blobs(after.clone(), PAGE, append).await?;
+            lmdb_done = chunk.len() < PAGE;
             after = chunk.last().map(|c| c.0.clone());
             page.extend(chunk);
         }
-        let next_lmdb = page.front();
-        match (&next_pg, next_lmdb) {
+        let step = match (next_pg.take(), page.pop_front()) {
             (None, None) => break,
-            (Some((h, bytes)), None) => {
-                report.missing.push(h.clone());
-                repairs
-                    .blobs
-                    .push((h.clone(), bytes::Bytes::from(bytes.clone())));
-                next_pg = pg_rows.next().await.transpose()?;
-                bar.inc(1);
-            }
-            (None, Some(_)) => {
-                if let Some((h, _)) = page.pop_front() {
-                    report.orphans.push(h);
+            (Some(p), None) => Step::Missing(p),
+            (None, Some(l)) => Step::Orphan(l.0),
+            (Some(p), Some(l)) => match p.0.cmp(&l.0) {
+                Ordering::Less => {
+                    page.push_front(l);
+                    Step::Missing(p)
                 }
-            }
-            (Some((ph, pbytes)), Some((lh, lbytes))) => match ph.as_str().cmp(lh.as_str()) {
-                std::cmp::Ordering::Less => {
-                    report.missing.push(ph.clone());
-                    repairs
-                        .blobs
-                        .push((ph.clone(), bytes::Bytes::from(pbytes.clone())));
-                    next_pg = pg_rows.next().await.transpose()?;
-                    bar.inc(1);
+                Ordering::Greater => {
+                    next_pg = Some(p);
+                    Step::Orphan(l.0)
                 }
-                std::cmp::Ordering::Greater => {
-                    if let Some((h, _)) = page.pop_front() {
-                        report.orphans.push(h);
-                    }
-                }
-                std::cmp::Ordering::Equal => {
-                    report.compared += 1;
-                    if pbytes != lbytes {
-                        report.differing.push(ph.clone());
-                    }
-                    page.pop_front();
-                    next_pg = pg_rows.next().await.transpose()?;
-                    bar.inc(1);
-                }
+                Ordering::Equal => Step::Both(p, l.1),
             },
+        };
+        match step {
+            Step::Orphan(key) => {
+                report.orphans.push(key.to_string());
+                continue; // PostgreSQL's row (if any) is still next
+            }
+            Step::Missing((key, bytes)) => {
+                report.missing.push(key.to_string());
+                repairs.push((key, bytes.into()));
+            }
+            Step::Both((key, pg_bytes), lmdb_bytes) => {
+                report.compared += 1;
+                if pg_bytes != lmdb_bytes {
+                    report.differing.push(key.to_string());
+                    repairs.push((key, pg_bytes.into()));
+                }
+            }
         }
-        if repair && repairs.blobs.len() >= 1000 {
-            report.repaired += lmdb.put_blobs(std::mem::take(&mut repairs)).await? as u64;
+        next_pg = pg_rows.next().await.transpose()?;
+        bar.inc(1);
+        if repair && repairs.len() >= PAGE {
+            report.repaired += lmdb.replace_blobs(std::mem::take(&mut repairs)).await? as u64;
         }
     }
-    if repair && !repairs.blobs.is_empty() {
-        report.repaired += lmdb.put_blobs(repairs).await? as u64;
+    if repair && !repairs.is_empty() {
+        report.repaired += lmdb.replace_blobs(repairs).await? as u64;
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+fn progress(total: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
 }

@@ -40,6 +40,23 @@ pub struct EnvelopeSpec {
     pub id: Option<Uuid>,
 }
 
+impl EnvelopeSpec {
+    /// An `omen.observed` envelope with this payload from `key_id`; source, instants, nonce and
+    /// id as nekhebet-core generates them.
+    pub fn observed(key_id: &str, payload: Value) -> EnvelopeSpec {
+        EnvelopeSpec {
+            event_type: "omen.observed".into(),
+            source: "test".into(),
+            key_id: key_id.into(),
+            payload,
+            issued_at: None,
+            expires_at: None,
+            nonce: None,
+            id: None,
+        }
+    }
+}
+
 /// Optional header objects (`create_envelope`'s `context` and `extensions`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeaderExtras {

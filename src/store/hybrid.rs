@@ -11,8 +11,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use uuid::Uuid;
-
 use super::lmdb::BlobBatch;
 use super::plan::highest_offsets;
 use super::{AppliedOffsets, Item, LmdbStore, Outcome, PgStore, Saved, StoreError};
@@ -222,39 +220,5 @@ impl HybridStore {
             .into_iter()
             .filter_map(|(k, p)| lmdb.get(&k).map(|&l| (k, p.min(l))))
             .collect())
-    }
-
-    /// PostgreSQL metadata → LMDB blob → PostgreSQL's `envelope` column if LMDB lacks it (counted).
-    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(meta) = self.pg.get_metadata(id).await? else {
-            return Ok(None);
-        };
-        let blob = match self.layout {
-            LmdbLayout::Compatible => self.lmdb.get_by_hash(meta.content_hash.clone()).await?,
-            LmdbLayout::Append => match self.pg.seq_by_id(id).await? {
-                Some(seq) => self.lmdb.get_seq(seq).await?,
-                None => None,
-            },
-        };
-        if let Some(blob) = blob {
-            return Ok(Some(blob));
-        }
-        metrics::counter!(names::LMDB_FALLBACKS).increment(1);
-        tracing::error!(%id, content_hash = %meta.content_hash, "hybrid inconsistency: blob missing from LMDB, serving PostgreSQL's copy");
-        Ok(self.pg.get(id).await?)
-    }
-
-    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let blob = match self.layout {
-            LmdbLayout::Compatible => self.lmdb.get_by_hash(hash.to_string()).await?,
-            LmdbLayout::Append => match self.pg.seq_by_hash(hash).await? {
-                Some(seq) => self.lmdb.get_seq(seq).await?,
-                None => None,
-            },
-        };
-        if let Some(blob) = blob {
-            return Ok(Some(blob));
-        }
-        Ok(self.pg.get_by_hash(hash).await?)
     }
 }

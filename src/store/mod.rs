@@ -11,12 +11,14 @@
 //! | `postgres` | [`PgStore`]: connection and TLS, migrations, the COPY batch transaction, reads |
 //! | `lmdb` | [`LmdbStore`]: typed heed databases in nekhebet-store 4.0's on-disk layout |
 //! | `hybrid` | [`HybridStore`]: PostgreSQL first, then LMDB, healing what a crash left behind |
+//! | `read` | the one read path of single events (`get`, `serve`): LMDB first, bytes checked |
 
 pub mod error;
 pub mod hybrid;
 pub mod lmdb;
 pub(crate) mod plan;
 pub mod postgres;
+pub mod read;
 
 use std::collections::HashMap;
 
@@ -102,6 +104,16 @@ pub struct EventMetadata {
 /// Highest applied offset per (topic, partition), as stored with the data.
 pub type AppliedOffsets = HashMap<Partition, i64>;
 
+/// How a process uses the store's LMDB environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The worker, `import`, `reconcile`: writes (creates the databases, grows the map).
+    Write,
+    /// `get`, `serve`: reads beside a writer and writes nothing to an existing environment
+    /// ([`LmdbStore::open_reader`]).
+    Read,
+}
+
 /// The configured repository.
 #[derive(Clone)]
 pub enum Store {
@@ -111,18 +123,21 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the repository `config.store.mode` names. PostgreSQL must be migrated (`migrate`).
+    /// Opens the repository `config.store.mode` names, to write. PostgreSQL must be migrated
+    /// (`migrate`).
     pub async fn open(config: &Config) -> Result<Store, StoreError> {
+        Self::open_for(config, Access::Write).await
+    }
+
+    /// Opens the repository `config.store.mode` names, to write or to read beside a writer.
+    pub async fn open_for(config: &Config, access: Access) -> Result<Store, StoreError> {
+        let lmdb = |standalone| LmdbStore::open_for(&config.lmdb, standalone, access);
         Ok(match config.store.mode {
             StoreMode::Postgres => Store::Postgres(Self::connect_pg(config).await?),
-            StoreMode::Lmdb => Store::Lmdb(
-                LmdbStore::open(&config.lmdb, true)
-                    .await?
-                    .with_key_pinning(config.pins_keys()),
-            ),
+            StoreMode::Lmdb => Store::Lmdb(lmdb(true).await?.with_key_pinning(config.pins_keys())),
             StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
                 Self::connect_pg(config).await?,
-                LmdbStore::open(&config.lmdb, false).await?,
+                lmdb(false).await?,
                 config.lmdb.layout,
             )),
         })
@@ -201,22 +216,15 @@ impl Store {
         }
     }
 
-    /// The envelope bytes of event `id`.
-    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Store::Postgres(pg) => Ok(pg.get(id).await?),
-            Store::Lmdb(lmdb) => lmdb.get(id).await,
-            Store::Hybrid(h) => h.get(id).await,
-        }
+    /// The envelope bytes of event `id`, through the read path ([`Store::read`]).
+    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, read::ReadError> {
+        Ok(self.read(&read::Key::Id(id)).await?.map(|f| f.bytes.into()))
     }
 
-    /// The envelope bytes stored under a content hash (the payload hash).
-    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self {
-            Store::Postgres(pg) => Ok(pg.get_by_hash(hash).await?),
-            Store::Lmdb(lmdb) => lmdb.get_by_hash(hash.to_string()).await,
-            Store::Hybrid(h) => h.get_by_hash(hash).await,
-        }
+    /// The envelope bytes stored under a content hash (the payload hash), through the read path.
+    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, read::ReadError> {
+        let key = read::Key::Hash(hash.to_owned());
+        Ok(self.read(&key).await?.map(|f| f.bytes.into()))
     }
 
     /// Checks that the backends answer (readiness).

@@ -102,18 +102,7 @@ impl Health {
                 problem.unwrap_or_else(|| "kafka: consumer has not joined its group".to_string()),
             );
         }
-        if let Some(pg) = self.store.postgres() {
-            match tokio::time::timeout(Duration::from_secs(2), pg.ping()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => missing.push(format!("postgres: {e}")),
-                Err(_) => missing.push("postgres: no answer within 2 s".to_string()),
-            }
-        }
-        if let Some(lmdb) = self.store.lmdb() {
-            if let Err(e) = lmdb.ping().await {
-                missing.push(format!("lmdb: {e}"));
-            }
-        }
+        missing.extend(store_readiness(&self.store).await);
         if missing.is_empty() {
             Ok(())
         } else {
@@ -135,6 +124,49 @@ impl Health {
             metrics::gauge!(names::LMDB_USED).set(used as f64);
         }
     }
+}
+
+/// What of the store does not answer (PostgreSQL within 2 s, LMDB); empty when all do.
+pub async fn store_readiness(store: &Store) -> Vec<String> {
+    let mut missing = Vec::new();
+    if let Some(pg) = store.postgres() {
+        match tokio::time::timeout(Duration::from_secs(2), pg.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => missing.push(format!("postgres: {e}")),
+            Err(_) => missing.push("postgres: no answer within 2 s".to_string()),
+        }
+    }
+    if let Some(lmdb) = store.lmdb() {
+        if let Err(e) = lmdb.ping().await {
+            missing.push(format!("lmdb: {e}"));
+        }
+    }
+    missing
+}
+
+/// `/readyz`'s answer: 200 `{"ready": true, "missing": []}`, or 503 with what is missing.
+pub fn readiness_response(missing: Vec<String>) -> axum::response::Response {
+    let status = if missing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let ready = missing.is_empty();
+    let body = serde_json::json!({ "ready": ready, "missing": missing });
+    (status, axum::Json(body)).into_response()
+}
+
+/// `/metrics`' answer: the gauges refreshed, the registry rendered.
+pub fn metrics_response(handle: &PrometheusHandle, health: &Health) -> axum::response::Response {
+    health.refresh_gauges();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 #[derive(Clone)]
@@ -172,27 +204,11 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    state.health.refresh_gauges();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        state.handle.render(),
-    )
+    metrics_response(&state.handle, &state.health)
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
-    match state.health.readiness().await {
-        Ok(()) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"ready": true, "missing": []})),
-        ),
-        Err(missing) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"ready": false, "missing": missing})),
-        ),
-    }
+    readiness_response(state.health.readiness().await.err().unwrap_or_default())
 }
 
 #[cfg(test)]

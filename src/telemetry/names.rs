@@ -43,8 +43,24 @@ pub const PG_POOL_WAITING: &str = "nekhebet_postgres_pool_waiting_requests";
 /// Gauges: LMDB map size and bytes used.
 pub const LMDB_MAP_SIZE: &str = "nekhebet_lmdb_map_size_bytes";
 pub const LMDB_USED: &str = "nekhebet_lmdb_used_bytes";
-/// Counter: hybrid reads that found the blob missing from LMDB and fell back to PostgreSQL.
+/// Counter: hybrid reads served from PostgreSQL because LMDB lacked the blob or its blob failed the
+/// check against the content hash.
 pub const LMDB_FALLBACKS: &str = "nekhebet_hybrid_lmdb_fallbacks_total";
+/// Counter: hybrid reads served from LMDB's blob (after the check against the content hash).
+pub const LMDB_READ_HITS: &str = "nekhebet_lmdb_read_hits_total";
+/// Counter, label `store` = lmdb|postgres: stored bytes that failed the check against their
+/// content hash when read (never served).
+pub const READ_CHECK_FAILURES: &str = "nekhebet_read_check_failures_total";
+/// Counter, labels `route` (the route's path template, `unmatched` for none), `status`: HTTP
+/// requests answered by `serve`.
+pub const HTTP_REQUESTS: &str = "nekhebet_http_requests_total";
+/// Histogram, labels `route`, `status`: seconds from a request's head to its response's head.
+pub const HTTP_REQUEST_SECONDS: &str = "nekhebet_http_request_duration_seconds";
+/// Gauge: HTTP connections open on `serve`.
+pub const HTTP_CONNECTIONS: &str = "nekhebet_http_connections";
+/// Counter, label `reason` = header_timeout|write_timeout|tls_handshake|io: connections `serve`
+/// closed on a client that was too slow or broke the protocol.
+pub const HTTP_CONNECTIONS_CUT: &str = "nekhebet_http_connections_cut_total";
 /// Counter: blobs written to LMDB to heal a crash between the PostgreSQL and LMDB commits.
 pub const LMDB_HEALED: &str = "nekhebet_lmdb_healed_total";
 /// Gauge: Unix time of the last successful offset commit.

@@ -109,6 +109,12 @@ fn run_on(bin: &str, db_url: &str, lmdb: &Path, args: &[&str], env: &[(&str, &st
         .expect("run the binary")
 }
 
+/// `import FILE` on a test database and LMDB directory.
+pub fn import_file(db_url: &str, lmdb: &Path, file: &Path) -> Output {
+    let file = file.display().to_string();
+    cli_on(db_url, lmdb, &["import", &file], &[])
+}
+
 /// The value of an outcome row in `import`'s summary (`stored      12`).
 pub fn summary_count(stdout: &str, row: &str) -> Option<u64> {
     stdout.lines().find_map(|l| {

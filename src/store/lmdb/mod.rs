@@ -23,6 +23,8 @@
 
 mod codecs;
 mod error;
+mod reader;
+mod repair;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -39,6 +41,7 @@ use crate::config::LmdbConfig;
 use crate::partition::{Partition, Position};
 
 pub use self::error::LmdbError;
+pub use self::reader::BlobKey;
 
 type KvIter<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
 
@@ -150,17 +153,7 @@ impl LmdbStore {
         // one `LmdbStore` per path, and other processes (Python readers) go through LMDB too.
         #[allow(unsafe_code)]
         let env = unsafe { opts.open(path) }?;
-        let mut wtxn = env.write_txn()?;
-        let dbs = Dbs {
-            blobs: env.create_database(&mut wtxn, Some("blobs"))?,
-            events: env.create_database(&mut wtxn, Some("events"))?,
-            replay: env.create_database(&mut wtxn, Some("replay_guard"))?,
-            ids: env.create_database(&mut wtxn, Some("ids"))?,
-            offsets: env.create_database(&mut wtxn, Some("offsets"))?,
-            claims: env.create_database(&mut wtxn, Some("guard_claims"))?,
-            pins: env.create_database(&mut wtxn, Some("key_pins"))?,
-        };
-        wtxn.commit()?;
+        let dbs = reader::create_dbs(&env)?;
         Ok(LmdbStore {
             inner: Arc::new(Inner {
                 env,
@@ -652,8 +645,9 @@ impl LmdbStore {
         Ok(self.len().await? == 0)
     }
 
+    /// Whether a read transaction can begin (readiness), adopting a map another process grew.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read_blocking(move |_, _| Ok(())).await
+        self.read_blocking(|_, _| Ok(())).await
     }
 
     /// (map size, bytes in use) for the gauges.

@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "exactly_once",
         sql: include_str!("../../../migrations/0005_exactly_once.sql"),
     },
+    Migration {
+        version: 6,
+        name: "read_indexes",
+        sql: include_str!("../../../migrations/0006_read_indexes.sql"),
+    },
 ];
 
 impl PgStore {

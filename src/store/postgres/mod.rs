@@ -21,6 +21,7 @@
 //! | `write` | [`PgStore::save_batch`]: the batch transaction |
 //! | `read` | lookups, applied offsets, streams |
 //! | `pins` | the key pins as an operator manages them |
+//! | `query` | the read API's queries: events located by id or hash, listings by keyset pages |
 
 mod connect;
 mod conninfo;
@@ -28,6 +29,7 @@ mod copy;
 mod error;
 mod migrate;
 mod pins;
+mod query;
 mod read;
 mod write;
 
@@ -46,6 +48,7 @@ pub use conninfo::redact_url;
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
 pub use pins::Pin;
+pub use query::{ListFilter, ListKey, ListQuery, Listed, Listing, Located};
 pub use write::Committed;
 
 /// The PostgreSQL repository (a connection pool).

@@ -141,14 +141,21 @@ impl PgStore {
     pub async fn stream_by_hash(
         &self,
     ) -> Result<impl Stream<Item = Result<(String, Vec<u8>), PgError>>, PgError> {
+        let sql = r#"SELECT content_hash, envelope FROM events ORDER BY content_hash COLLATE "C""#;
+        self.stream_all(sql, |r| (r.get(0), r.get(1))).await
+    }
+
+    /// Every row of `sql` (without parameters) mapped by `row`, streamed from the server.
+    pub(super) async fn stream_all<T>(
+        &self,
+        sql: &str,
+        row: fn(Row) -> T,
+    ) -> Result<impl Stream<Item = Result<T, PgError>>, PgError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query_raw(
-                r#"SELECT content_hash, envelope FROM events ORDER BY content_hash COLLATE "C""#,
-                std::iter::empty::<&(dyn ToSql + Sync)>(),
-            )
+            .query_raw(sql, std::iter::empty::<&(dyn ToSql + Sync)>())
             .await?;
-        Ok(stream_rows(client, rows, |r| (r.get(0), r.get(1))))
+        Ok(stream_rows(client, rows, row))
     }
 
     /// The row `sql` finds for `key` (its `$1`), if any, mapped by `row`.

@@ -1,0 +1,22 @@
+//! `/healthz` (the process answers), `/readyz` (PostgreSQL and LMDB answer: 200, else 503 with
+//! what is missing) and `/metrics` (Prometheus text, the process's whole registry), as the
+//! worker's telemetry endpoints answer them. None needs a token: they say nothing about events.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use super::AppState;
+use crate::telemetry;
+
+pub async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    telemetry::readiness_response(telemetry::store_readiness(&state.store).await)
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    telemetry::metrics_response(&state.metrics, &state.gauges)
+}

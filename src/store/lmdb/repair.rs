@@ -1,0 +1,80 @@
+//! What `reconcile` needs of LMDB beyond the worker's writes: the blobs in key order whatever the
+//! layout, and repairs that REPLACE a blob (the worker's writes never overwrite one: a blob that
+//! differs from PostgreSQL's is foreign or stale, and PostgreSQL is the authority).
+
+use heed::types::Bytes;
+use heed::Database;
+
+use super::reader::BlobKey;
+use super::{LmdbStore, StoreError};
+
+impl LmdbStore {
+    /// Up to `limit` (key, blob) pairs after `after` in key order: content hashes in the compatible
+    /// layout's `events`, seqs in the append layout's `blobs` (`after` must be of the same kind).
+    pub async fn scan_blobs(
+        &self,
+        after: Option<BlobKey>,
+        limit: usize,
+        append: bool,
+    ) -> Result<Vec<(BlobKey, Vec<u8>)>, StoreError> {
+        self.read_blocking(move |dbs, rtxn| {
+            // Both layouts' keys as bytes: hex hashes and big-endian positive seqs both sort as
+            // their values do.
+            let db: Database<Bytes, Bytes> = if append {
+                dbs.blobs.remap_types()
+            } else {
+                dbs.events
+            };
+            let start = after.as_ref().map(key_bytes);
+            let range = (
+                start
+                    .as_deref()
+                    .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+                std::ops::Bound::Unbounded,
+            );
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for kv in db.range(rtxn, &range)?.take(limit) {
+                let (k, v) = kv?;
+                out.push((blob_key(k, append)?, v.to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Writes PostgreSQL's bytes under these keys, replacing whatever is there, in ONE write
+    /// transaction. Returns how many were written.
+    pub async fn replace_blobs(
+        &self,
+        blobs: Vec<(BlobKey, bytes::Bytes)>,
+    ) -> Result<usize, StoreError> {
+        self.write_blocking(move |dbs, wtxn| {
+            for (key, blob) in &blobs {
+                match key {
+                    BlobKey::Hash(h) => dbs.events.put(wtxn, h.as_bytes(), blob)?,
+                    BlobKey::Seq(seq) => dbs.blobs.put(wtxn, seq, blob)?,
+                }
+            }
+            Ok(blobs.len())
+        })
+        .await
+    }
+}
+
+fn key_bytes(key: &BlobKey) -> Vec<u8> {
+    match key {
+        BlobKey::Hash(h) => h.as_bytes().to_vec(),
+        BlobKey::Seq(seq) => seq.to_be_bytes().to_vec(),
+    }
+}
+
+fn blob_key(k: &[u8], append: bool) -> Result<BlobKey, heed::Error> {
+    if append {
+        let seq: [u8; 8] = k
+            .try_into()
+            .map_err(|e| heed::Error::Decoding(Box::new(e)))?;
+        Ok(BlobKey::Seq(i64::from_be_bytes(seq)))
+    } else {
+        Ok(BlobKey::Hash(String::from_utf8_lossy(k).into_owned()))
+    }
+}

@@ -1,0 +1,307 @@
+//! The one read path of single events: `get` (CLI) and `serve` (HTTP) both read here.
+//!
+//! | `store.mode` | which event, and whether it exists | its bytes |
+//! |---|---|---|
+//! | `hybrid` | PostgreSQL (id, content hash, seq) | LMDB's blob (by content hash, or by seq in the append layout); PostgreSQL's `envelope` when LMDB lacks the blob or the blob fails the check |
+//! | `postgres` | PostgreSQL | PostgreSQL |
+//! | `lmdb` | LMDB (`ids`, `events`) | LMDB |
+//!
+//! Bytes are [`check`]ed before they are served: they must decode as an envelope whose
+//! `header.payload_hash` is the content hash, whose payload's canonical SHA-256 is that hash, and
+//! (when the event is known) whose `header.id` is the event's. In hybrid mode an LMDB blob that
+//! fails (foreign, stale, corrupt) is never served: it is counted, logged, and PostgreSQL's copy
+//! is served instead (checked too). When the authority's own copy fails (PostgreSQL's, or LMDB's in
+//! LMDB-only mode) the read fails with [`ReadError::Corrupt`].
+//!
+//! PostgreSQL is asked first in hybrid mode even for content hashes the compatible layout keys
+//! LMDB by: it is the authority on which events exist (LMDB may hold a blob PostgreSQL does not),
+//! and it names the event's id, which the check compares.
+
+use std::fmt;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::lmdb::BlobKey;
+use super::postgres::Located;
+use super::{HybridStore, LmdbStore, PgStore, Store, StoreError};
+use crate::config::LmdbLayout;
+use crate::envelope::{decode, Limits};
+use crate::telemetry::names;
+
+/// How an event is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Id(Uuid),
+    /// The content hash: the payload hash, 64 lowercase hex digits.
+    Hash(String),
+}
+
+impl Key {
+    /// An event id as a client writes it (a UUID).
+    pub fn parse_id(s: &str) -> Result<Key, String> {
+        Uuid::try_parse(s).map(Key::Id).map_err(|e| {
+            format!("an event id is a UUID such as 2c3ba479-a68f-4011-ae25-042ef33617ca ({e})")
+        })
+    }
+
+    /// A content hash as a client writes it: exactly 64 lowercase hex digits.
+    pub fn parse_hash(s: &str) -> Result<Key, String> {
+        if crate::envelope::is_valid_payload_hash(s) {
+            Ok(Key::Hash(s.to_owned()))
+        } else {
+            Err("a content hash is the payload's SHA-256: 64 lowercase hex digits".into())
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Id(id) => write!(f, "event {id}"),
+            Key::Hash(h) => write!(f, "content hash {h}"),
+        }
+    }
+}
+
+/// Which store's copy was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Lmdb,
+    Postgres,
+}
+
+/// An event's envelope bytes, checked.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub bytes: Bytes,
+    pub content_hash: String,
+    pub origin: Origin,
+}
+
+/// A read that could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The authority's own copy fails its check: nothing correct can be served.
+    #[error("{key}: the store's own copy fails its hash ({detail}); it needs an operator")]
+    Corrupt { key: String, detail: String },
+}
+
+impl From<super::PgError> for ReadError {
+    fn from(e: super::PgError) -> Self {
+        ReadError::Store(e.into())
+    }
+}
+
+/// Checks stored bytes against the content hash they are kept under (and the event id when known):
+/// `Err` says how they fail.
+pub fn check(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<(), String> {
+    let limits = Limits {
+        max_message_bytes: usize::MAX,
+    };
+    let env = decode(bytes.clone(), &limits).map_err(|e| format!("not an envelope: {e}"))?;
+    if env.header.payload_hash != content_hash {
+        return Err(format!(
+            "its header.payload_hash is {:.64}",
+            env.header.payload_hash
+        ));
+    }
+    if let Some(id) = id.filter(|id| *id != env.header.id) {
+        return Err(format!("it is event {:.40}, not {id}", env.header.id_raw));
+    }
+    let actual = crate::canonical::payload_hash(env.payload.get())
+        .map_err(|e| format!("its payload cannot be canonicalized: {e}"))?;
+    if actual != content_hash {
+        return Err(format!("its payload's SHA-256 is {actual}"));
+    }
+    Ok(())
+}
+
+/// Envelopes at least this large are checked on the blocking pool: canonicalizing megabytes
+/// would stall the async runtime.
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+
+/// [`check`], off the async runtime for large envelopes.
+async fn checked(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<(), String> {
+    if bytes.len() < INLINE_CHECK_BYTES {
+        return check(bytes, id, content_hash);
+    }
+    let (bytes, hash) = (bytes.clone(), content_hash.to_owned());
+    tokio::task::spawn_blocking(move || check(&bytes, id, &hash))
+        .await
+        .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")))
+}
+
+impl Store {
+    /// The checked envelope bytes of an event (see the module docs).
+    pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
+        match self {
+            Store::Postgres(pg) => read_postgres(pg, key).await,
+            Store::Lmdb(lmdb) => read_lmdb(lmdb, key).await,
+            Store::Hybrid(h) => h.read(key).await,
+        }
+    }
+
+    /// The content hash of an event, if the store holds it, without reading its bytes where the
+    /// store can tell (conditional requests).
+    pub async fn content_hash_of(&self, key: &Key) -> Result<Option<String>, ReadError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.locate(key).await?.map(|l| l.content_hash)),
+            Store::Hybrid(h) => Ok(h.pg().locate(key).await?.map(|l| l.content_hash)),
+            Store::Lmdb(_) => Ok(self.read(key).await?.map(|f| f.content_hash)),
+        }
+    }
+}
+
+impl HybridStore {
+    /// PostgreSQL locates, LMDB serves, PostgreSQL serves what LMDB lacks or fails.
+    pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
+        let Some(at) = self.pg().locate(key).await? else {
+            return Ok(None);
+        };
+        let blob_key = match self.layout() {
+            LmdbLayout::Compatible => BlobKey::Hash(at.content_hash.clone()),
+            LmdbLayout::Append => BlobKey::Seq(at.seq),
+        };
+        match self.lmdb().read_blob(blob_key).await? {
+            Some(bytes) => match checked(&bytes, Some(at.id), &at.content_hash).await {
+                Ok(()) => {
+                    metrics::counter!(names::LMDB_READ_HITS).increment(1);
+                    return Ok(Some(Found {
+                        bytes,
+                        content_hash: at.content_hash,
+                        origin: Origin::Lmdb,
+                    }));
+                }
+                Err(why) => {
+                    metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb").increment(1);
+                    tracing::warn!(id = %at.id, content_hash = %at.content_hash, seq = at.seq, %why,
+                        "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
+                }
+            },
+            None => tracing::debug!(id = %at.id, content_hash = %at.content_hash,
+                "LMDB lacks the blob: serving PostgreSQL's copy"),
+        }
+        metrics::counter!(names::LMDB_FALLBACKS).increment(1);
+        read_postgres(self.pg(), &Key::Id(at.id)).await
+    }
+
+    /// [`HybridStore::read`]'s bytes by id.
+    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self.read(&Key::Id(id)).await?.map(|f| f.bytes.into()))
+    }
+
+    /// [`HybridStore::read`]'s bytes by content hash.
+    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self
+            .read(&Key::Hash(hash.to_owned()))
+            .await?
+            .map(|f| f.bytes.into()))
+    }
+}
+
+async fn read_postgres(pg: &PgStore, key: &Key) -> Result<Option<Found>, ReadError> {
+    let Some((at, envelope)) = pg.envelope_of(key).await? else {
+        return Ok(None);
+    };
+    let bytes = Bytes::from(envelope);
+    authority(
+        key,
+        "postgres",
+        check(&bytes, Some(at.id), &at.content_hash),
+    )?;
+    let Located { content_hash, .. } = at;
+    Ok(Some(Found {
+        bytes,
+        content_hash,
+        origin: Origin::Postgres,
+    }))
+}
+
+async fn read_lmdb(lmdb: &LmdbStore, key: &Key) -> Result<Option<Found>, ReadError> {
+    let (id, content_hash) = match key {
+        Key::Id(id) => match lmdb.hash_of_id(*id).await? {
+            Some(h) => (Some(*id), h),
+            None => return Ok(None),
+        },
+        Key::Hash(h) => (None, h.clone()),
+    };
+    let Some(bytes) = lmdb.read_blob(BlobKey::Hash(content_hash.clone())).await? else {
+        return Ok(None);
+    };
+    let verdict = checked(&bytes, id, &content_hash).await;
+    authority(key, "lmdb", verdict)?;
+    Ok(Some(Found {
+        bytes,
+        content_hash,
+        origin: Origin::Lmdb,
+    }))
+}
+
+/// The authority's copy failed its check: counted, logged, and an error.
+fn authority(key: &Key, store: &'static str, checked: Result<(), String>) -> Result<(), ReadError> {
+    checked.map_err(|detail| {
+        metrics::counter!(names::READ_CHECK_FAILURES, "store" => store).increment(1);
+        tracing::error!(%key, store, %detail, "the store's own copy fails its hash");
+        ReadError::Corrupt {
+            key: key.to_string(),
+            detail,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::signing::{sign, EnvelopeSpec};
+
+    fn envelope(n: u64) -> (Bytes, Uuid, String) {
+        let spec = EnvelopeSpec::observed("k", serde_json::json!({ "n": n }));
+        let bytes = Bytes::from(sign(
+            &spec,
+            &ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+        ));
+        let env = decode(bytes.clone(), &Limits::default()).unwrap();
+        (bytes, env.header.id, env.header.payload_hash)
+    }
+
+    #[test]
+    fn bytes_pass_only_under_their_own_hash_and_id() {
+        let (a, a_id, a_hash) = envelope(1);
+        let (b, b_id, b_hash) = envelope(2);
+        assert_eq!(check(&a, Some(a_id), &a_hash), Ok(()));
+        assert_eq!(check(&a, None, &a_hash), Ok(()));
+        // Another envelope's bytes under this hash (a foreign blob).
+        let e = check(&b, Some(a_id), &a_hash).unwrap_err();
+        assert!(e.contains(&b_hash), "{e}");
+        // The same payload under another id (a duplicate's bytes) is not this event.
+        let e = check(&a, Some(b_id), &a_hash).unwrap_err();
+        assert!(e.contains(&a_id.to_string()), "{e}");
+        // A header that claims the hash over a payload that does not hash to it.
+        let tampered = String::from_utf8(a.to_vec())
+            .unwrap()
+            .replace("\"n\":1", "\"n\":7");
+        let e = check(&Bytes::from(tampered), Some(a_id), &a_hash).unwrap_err();
+        assert!(e.contains("payload's SHA-256"), "{e}");
+        assert!(check(&Bytes::from_static(b"\x00garbage"), None, &a_hash)
+            .unwrap_err()
+            .contains("not an envelope"));
+    }
+
+    #[test]
+    fn keys_are_parsed_strictly() {
+        assert!(Key::parse_id("2c3ba479-a68f-4011-ae25-042ef33617ca").is_ok());
+        assert!(Key::parse_id("2c3ba479").is_err());
+        assert!(Key::parse_hash(&"a".repeat(64)).is_ok());
+        for bad in [
+            "A".repeat(64),
+            "a".repeat(63),
+            "g".repeat(64),
+            "a".repeat(65),
+        ] {
+            assert!(Key::parse_hash(&bad).is_err(), "{bad}");
+        }
+    }
+}
