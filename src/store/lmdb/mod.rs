@@ -20,6 +20,7 @@
 
 mod codecs;
 mod error;
+mod progress;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

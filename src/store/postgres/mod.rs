@@ -20,13 +20,17 @@
 //! | `copy` | binary COPY of `replay_guard` and `events` rows, `events.seq` values |
 //! | `write` | [`PgStore::save_batch`]: the batch transaction |
 //! | `read` | lookups, applied offsets, streams |
+//! | `progress` | the operator tools' reads and resets of the stored offsets |
+//! | `stats` | event count and table sizes (`status`) |
 
 mod connect;
 mod conninfo;
 mod copy;
 mod error;
 mod migrate;
+mod progress;
 mod read;
+mod stats;
 mod write;
 
 use std::sync::atomic::AtomicU32;
@@ -42,6 +46,7 @@ pub use connect::{connector, CertCheck, PgConnection};
 pub use conninfo::redact_url;
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
+pub use stats::{EventCount, TableSizes};
 
 /// The PostgreSQL repository (a connection pool).
 #[derive(Clone)]
