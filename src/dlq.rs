@@ -251,6 +251,19 @@ impl DlqSink {
     }
 }
 
+/// The dead-letter topics of every configured source topic, sorted, each once.
+pub fn dlq_topics(config: &Config) -> Vec<String> {
+    let mut v: Vec<String> = config
+        .kafka
+        .topics
+        .iter()
+        .map(|t| config.dlq_topic_for(t))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// `configured`, or `<source>.dlq` when it is empty (same rule as [`Config::dlq_topic_for`]).
 pub fn dlq_topic(configured: &str, source_topic: &str) -> String {
     if configured.is_empty() {

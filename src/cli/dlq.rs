@@ -75,17 +75,10 @@ pub async fn run(command: DlqCommand, config: &Config) -> anyhow::Result<ExitCod
             let filter = Filter::new(reason, since.as_deref())?;
             let topics = match topic {
                 Some(t) => vec![(t, true)],
-                None => {
-                    let mut ts: Vec<String> = config
-                        .kafka
-                        .topics
-                        .iter()
-                        .map(|t| config.dlq_topic_for(t))
-                        .collect();
-                    ts.sort();
-                    ts.dedup();
-                    ts.into_iter().map(|t| (t, false)).collect()
-                }
+                None => crate::dlq::dlq_topics(config)
+                    .into_iter()
+                    .map(|t| (t, false))
+                    .collect(),
             };
             for (topic, named) in topics {
                 inspect(config, &topic, named, &filter, limit, json).await?;

@@ -211,7 +211,8 @@ async fn reset(
             let (Some(low), Some(high)) = (row.low, row.high) else {
                 anyhow::bail!(
                     "partition {} of {topic} is not in Kafka (only a store remembers it): nothing \
-                     to reset it to; nothing was changed",
+                     to reset it to; nothing was changed (reset the others one by one with \
+                     --partition)",
                     row.partition
                 );
             };

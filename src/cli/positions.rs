@@ -107,22 +107,13 @@ impl Probe {
         members: &[Member],
     ) -> (Vec<PartitionRow>, Problems) {
         let mut problems = Problems::new();
-        let owned = |r: Result<Vec<i32>, String>, problems: &mut Problems| match r {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(e);
-                Vec::new()
-            }
-        };
-        let topic_owned = topic.to_string();
-        let in_kafka = owned(
-            blocking(self.kafka.clone(), move |c| {
-                group::partitions(c, &topic_owned)
-            })
+        let name = topic.to_string();
+        let in_kafka = blocking(self.kafka.clone(), move |c| group::partitions(c, &name))
             .await
-            .map_err(|e| format!("Kafka: cannot list the partitions of {topic}: {e}")),
-            &mut problems,
-        );
+            .unwrap_or_else(|e| {
+                problems.push(format!("Kafka: cannot list the partitions of {topic}: {e}"));
+                Vec::new()
+            });
         let stored = self.stored(topic, &mut problems).await;
         let numbers: BTreeSet<i32> = in_kafka
             .iter()

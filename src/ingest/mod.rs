@@ -201,17 +201,7 @@ pub async fn run(
 }
 
 async fn ensure_dlq_topics(config: &Config) {
-    let names: Vec<String> = {
-        let mut v: Vec<String> = config
-            .kafka
-            .topics
-            .iter()
-            .map(|t| config.dlq_topic_for(t))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let names = crate::dlq::dlq_topics(config);
     let topics: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
     match tokio::time::timeout(
         Duration::from_secs(30),
