@@ -157,7 +157,7 @@ pub async fn run(
         "re-driven"
     };
     println!(
-        "{verb} {}, already re-driven {}, skipped {} (truncated {}, not a letter of ours {}), not \
+        "summary: {verb} {}, already re-driven {}, skipped {} (truncated {}, not a letter of ours {}), not \
          selected {} (other reasons {}, before --since {})",
         tally.redriven,
         tally.already,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::store::Outcome;
 use crate::telemetry::names;
 
 /// How far back the outcomes reach.
@@ -29,6 +30,14 @@ pub struct Outcomes {
     pub counts: BTreeMap<String, u64>,
     /// reason → rejected messages.
     pub rejected_by_reason: BTreeMap<String, u64>,
+}
+
+/// Every outcome, in the order of the worker's report: the stores' four, then `rejected`.
+pub fn outcome_names() -> impl Iterator<Item = &'static str> {
+    Outcome::ALL
+        .into_iter()
+        .map(Outcome::as_str)
+        .chain(["rejected"])
 }
 
 /// `http://host:port/path` split for a GET (plain HTTP: `/metrics` is served without TLS).
@@ -98,7 +107,11 @@ impl Scraper {
         }
         Some(Outcomes {
             window_seconds: t1.duration_since(*t0).as_secs_f64(),
-            counts: increase(&first.outcomes, &last.outcomes),
+            // Every outcome, 0 where the worker has not counted one yet: stable JSON fields.
+            counts: outcome_names()
+                .map(|o| (o.to_string(), 0))
+                .chain(increase(&first.outcomes, &last.outcomes))
+                .collect(),
             rejected_by_reason: increase(&first.rejected, &last.rejected),
         })
     }

@@ -1,18 +1,10 @@
 //! `status` as plain text: the full report (one-shot), and the compact lines `--watch` prints when
 //! stdout is not a terminal. The full-screen view (`view`) uses the same summaries.
 
+use super::scrape::outcome_names;
 use super::snapshot::Snapshot;
 use crate::cli::positions::{self, PartitionRow};
 use crate::cli::table::opt;
-use crate::store::Outcome;
-
-/// Every outcome, in the order of the worker's report: the stores' four, then `rejected`.
-fn outcome_names() -> impl Iterator<Item = &'static str> {
-    Outcome::ALL
-        .into_iter()
-        .map(Outcome::as_str)
-        .chain(["rejected"])
-}
 
 /// `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
