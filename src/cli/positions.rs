@@ -3,6 +3,7 @@
 //! `status` both read it through a [`Probe`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdkafka::consumer::BaseConsumer;
@@ -48,6 +49,9 @@ pub type Problems = Vec<String>;
 pub struct Probe {
     config: Config,
     store: Result<Store, String>,
+    /// An LMDB read failed: the environment is opened again before the next look. A worker that
+    /// grew the map past this process's mapping makes every read fail (MDB_MAP_RESIZED) until then.
+    lmdb_failed: AtomicBool,
     kafka: Arc<BaseConsumer>,
 }
 
@@ -61,6 +65,7 @@ impl Probe {
         Ok(Probe {
             config: config.clone(),
             store: open_store(config).await,
+            lmdb_failed: AtomicBool::new(false),
             kafka: Arc::new(kafka),
         })
     }
@@ -74,9 +79,12 @@ impl Probe {
         self.store.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Opens the store again if the last attempt failed (PostgreSQL was down, say).
+    /// Opens the store again if the last attempt failed (PostgreSQL was down, say) or an LMDB read
+    /// failed since.
     pub async fn retry_store(&mut self) {
-        if self.store.is_err() {
+        if self.store.is_err() || self.lmdb_failed.swap(false, Ordering::SeqCst) {
+            // The old environment must be closed first: heed opens a path once per process.
+            self.store = Err("reopening".into());
             self.store = open_store(&self.config).await;
         }
     }
@@ -214,10 +222,13 @@ impl Probe {
         if let Some(lmdb) = store.lmdb() {
             match lmdb.topic_offsets(topic.to_string()).await {
                 Ok(o) => out.lmdb = o,
-                Err(e) => problems.push(format!(
-                    "LMDB ({}): cannot read the offsets database: {e}",
-                    self.config.lmdb.path.display()
-                )),
+                Err(e) => {
+                    self.lmdb_failed.store(true, Ordering::SeqCst);
+                    problems.push(format!(
+                        "LMDB ({}): cannot read the offsets database: {e}",
+                        self.config.lmdb.path.display()
+                    ))
+                }
             }
         }
         out
@@ -240,7 +251,10 @@ impl Probe {
             )
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            problems.push(format!("Kafka: cannot read the watermarks: {e}"));
+            Vec::new()
+        });
         let mut out = BTreeMap::new();
         for (p, r) in results {
             match r {

@@ -74,10 +74,11 @@ pub async fn run(args: StatusArgs, config: &Config) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// One snapshot; with `--metrics`, scraped twice a refresh apart so there are outcomes to show.
+/// One snapshot; with `--metrics`, the worker is scraped a refresh before it too, so there are
+/// outcomes to show.
 async fn once(collector: &mut Collector) -> Snapshot {
     if collector.scrapes() {
-        let _ = collector.snapshot().await;
+        collector.scrape_first().await;
         tokio::time::sleep(REFRESH).await;
     }
     collector.snapshot().await

@@ -59,6 +59,7 @@ impl Letter {
                     .collect()
             })
             .unwrap_or_default();
+        // A repeated header: the last one counts, as Kafka clients' "last header" lookups do.
         let text = |name: &str| {
             headers
                 .iter()
@@ -258,4 +259,36 @@ fn read_blocking(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(reason: &str, at: Option<&str>) -> Letter {
+        Letter {
+            at: Position::new("t.dlq", 0, 7),
+            timestamp: at.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)),
+            reason: reason.into(),
+            detail: String::new(),
+            source: Some(Position::new("t", 1, 42)),
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: Vec::new(),
+            truncated: None,
+        }
+    }
+
+    #[test]
+    fn filters_select_by_reason_code_and_time() {
+        let f = Filter::new(Some("key_id_mismatch".into()), Some("2026-11-28T10:00:00Z")).unwrap();
+        assert!(f.matches(&letter("key_id_mismatch", Some("2026-11-28T10:00:00Z"))));
+        assert!(!f.matches(&letter("key_id_mismatch", Some("2026-11-28T09:59:59Z"))));
+        assert!(!f.matches(&letter("key_id_mismatch", None)));
+        assert!(!f.matches(&letter("malformed_json", Some("2026-11-28T11:00:00Z"))));
+        assert!(Filter::default().matches(&letter("", None)));
+        let unknown = Filter::new(Some("no_such_reason".into()), None).unwrap_err();
+        assert!(unknown.to_string().contains("key_id_mismatch"), "{unknown}");
+        assert!(Filter::new(None, Some("yesterday")).is_err());
+    }
 }

@@ -70,6 +70,14 @@ impl Collector {
         self.scraper.is_some()
     }
 
+    /// A first scrape of the worker's metrics, the start of the outcomes window (a failure shows
+    /// up in the snapshot's problems, when the scrape is tried again).
+    pub async fn scrape_first(&mut self) {
+        if let Some(s) = &mut self.scraper {
+            let _ = s.sample().await;
+        }
+    }
+
     pub async fn snapshot(&mut self) -> Snapshot {
         self.probe.retry_store().await;
         let config = self.probe.config().clone();
