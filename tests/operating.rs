@@ -532,6 +532,48 @@ async fn status_watch_shows_the_lag_falling_in_an_80x24_terminal_and_quits_on_q(
     worker.terminate_ok(Duration::from_secs(30));
 }
 
+/// `status --watch` when stdout is not a terminal: the same figures as plain lines, every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_without_a_terminal_prints_plain_lines_every_second() {
+    use std::io::BufRead;
+    let w = World::new("watch-plain", 1).await;
+    k::produce(&w.topic, 50, 0.0, 0.0, 0.0, 15).await;
+    ingest_until_caught_up(&w.config).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nekhebet-store"))
+        .args(["status", "--watch"])
+        .envs(w.env())
+        .env("NEKHEBET_POSTGRES__URL", &w.db.url)
+        .env("NEKHEBET_LMDB__PATH", w.lmdb())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run status --watch");
+    let stdout = child.stdout.take().unwrap();
+    let lines: Vec<String> = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(4)
+            .collect()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    // Two refreshes: a totals line and the partition's line each, every line stamped.
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for pair in lines.chunks(2) {
+        assert!(pair[0].contains("lag total 0   events 50"), "{lines:?}");
+        assert!(
+            pair[1].ends_with(&format!(
+                "{}/0 postgres=49 lmdb=49 committed=50 high=50 lag=0 owner=-",
+                w.topic
+            )),
+            "{lines:?}"
+        );
+    }
+    assert!(lines[0] <= lines[2], "stamped in order: {lines:?}");
+}
+
 /// `lag total N` on the screen.
 fn lag_total(screen: &str) -> Option<i64> {
     screen.lines().find_map(|l| {
