@@ -141,20 +141,8 @@ pub struct DlqSink {
 
 impl DlqSink {
     pub fn new(config: &Config, watch: crate::kafka::Watch) -> Result<DlqSink, KafkaError> {
-        let mut cc = crate::kafka::producer_config(&config.kafka.brokers, &config.kafka.properties);
-        // A rejected message can be up to the consumer's limit (or bigger: "oversize" is a reason);
-        // librdkafka's own 1 MB default would refuse those before the broker sees them.
-        let max = (config.limits.max_message_bytes + 64 * 1024).max(1_000_000);
-        if !config.kafka.properties.contains_key("message.max.bytes") {
-            cc.set("message.max.bytes", max.to_string());
-        }
-        // Fail a delivery after 30 s rather than librdkafka's 5 min so an unavailable broker shows
-        // up as retries (metrics, logs) instead of one silent stall.
-        if !config.kafka.properties.contains_key("message.timeout.ms")
-            && !config.kafka.properties.contains_key("delivery.timeout.ms")
-        {
-            cc.set("message.timeout.ms", "30000");
-        }
+        let cc =
+            crate::kafka::letter_producer_config(&config.kafka, config.limits.max_message_bytes);
         Ok(DlqSink {
             producer: cc
                 .create_with_context(watch)
@@ -263,6 +251,19 @@ impl DlqSink {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
     }
+}
+
+/// The dead-letter topics of every configured source topic, sorted, each once.
+pub fn dlq_topics(config: &Config) -> Vec<String> {
+    let mut v: Vec<String> = config
+        .kafka
+        .topics
+        .iter()
+        .map(|t| config.dlq_topic_for(t))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// `configured`, or `<source>.dlq` when it is empty (same rule as [`Config::dlq_topic_for`]).

@@ -1,8 +1,11 @@
-//! Kafka client configuration and administration (topic creation).
+//! Kafka client configuration and administration (topic creation); [`group`]: what the operator
+//! tools ask about a consumer group (offsets, members) and its topics.
 //!
 //! Our settings are applied first and `kafka.properties` last, unchanged, so an operator can
 //! override anything (security.protocol, sasl.*, ssl.*, fetch tuning) without a code change —
 //! except the few the worker's correctness depends on, which [`consumer_config`] re-asserts.
+
+pub mod group;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -161,6 +164,26 @@ pub fn producer_config(brokers: &str, properties: &BTreeMap<String, String>) -> 
         .set("client.id", "nekhebet-store");
     apply_properties(&mut c, &producer_properties(properties));
     c
+}
+
+/// Producer configuration for messages as large as the worker accepts (dead letters, and their
+/// re-drive): the producer's own limit follows `limits.max_message_bytes`, and a delivery fails
+/// after 30 s so an unavailable broker shows up as retries instead of one silent stall.
+pub fn letter_producer_config(kafka: &KafkaConfig, max_message_bytes: usize) -> ClientConfig {
+    let mut cc = producer_config(&kafka.brokers, &kafka.properties);
+    // A rejected message can be up to the consumer's limit (or bigger: "oversize" is a reason);
+    // librdkafka's own 1 MB default would refuse those before the broker sees them.
+    let max = (max_message_bytes + 64 * 1024).max(1_000_000);
+    if !kafka.properties.contains_key("message.max.bytes") {
+        cc.set("message.max.bytes", max.to_string());
+    }
+    // librdkafka's default is 5 min.
+    if !kafka.properties.contains_key("message.timeout.ms")
+        && !kafka.properties.contains_key("delivery.timeout.ms")
+    {
+        cc.set("message.timeout.ms", "30000");
+    }
+    cc
 }
 
 /// Admin client configuration.

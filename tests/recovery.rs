@@ -81,7 +81,6 @@ async fn a_message_applied_before_a_crash_is_redelivered_even_if_it_expired_mean
 /// messages at or below the old stored offset must not be counted `redelivered` and dropped: the
 /// worker stops with an error naming the topic and the command that resets its stored offsets;
 /// after that reset every new message is stored.
-#[ignore = "issue 12 §6: fails on main; fixed in a later commit"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_topic_stops_the_worker_and_after_the_documented_reset_everything_is_stored() {
     let _serial = SERIAL.lock().await;

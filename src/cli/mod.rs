@@ -1,11 +1,16 @@
 //! Command-line interface: argument parsing and the small commands. `main.rs` only calls [`main`].
 
+mod dlq;
 mod import;
 pub mod ingest;
 pub mod keys;
+mod offsets;
+mod positions;
 pub mod reconcile;
 pub mod replay_guard;
 mod serve;
+mod status;
+mod table;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -81,6 +86,17 @@ pub enum Command {
     Serve,
     /// Print the effective configuration as TOML, secrets masked.
     Config,
+    /// The stored offsets of a topic next to Kafka's (`show`), and moving them (`reset`): the way
+    /// out after a topic was re-created.
+    #[command(subcommand)]
+    Offsets(offsets::OffsetsCommand),
+    /// The dead-letter topics: what is in them (`inspect`), and re-publishing letters to their
+    /// source topic once their cause is fixed (`redrive`).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Where every partition stands (stores, Kafka, lag, owner), events stored, store sizes and,
+    /// with `--metrics`, the outcomes of the last minute; `--watch` keeps it on screen.
+    Status(status::StatusArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -207,6 +223,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve => serve::command(&config).await,
         Command::ReplayGuard(c) => replay_guard::run(c, &config).await,
         Command::Keys(c) => keys::run(c, &config).await,
+        Command::Offsets(c) => offsets::run(c, &config).await,
+        Command::Dlq(c) => dlq::run(c, &config).await,
+        Command::Status(a) => status::run(a, &config).await,
         Command::Config => {
             let mut shown = config.clone();
             shown.postgres.url = crate::config::redact_url(&shown.postgres.url);

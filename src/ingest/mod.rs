@@ -211,17 +211,7 @@ pub async fn run(
 }
 
 async fn ensure_dlq_topics(config: &Config, watch: crate::kafka::Watch) {
-    let names: Vec<String> = {
-        let mut v: Vec<String> = config
-            .kafka
-            .topics
-            .iter()
-            .map(|t| config.dlq_topic_for(t))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let names = crate::dlq::dlq_topics(config);
     let topics: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
     match tokio::time::timeout(
         Duration::from_secs(30),
@@ -599,6 +589,7 @@ impl MainLoop<'_> {
         for (a, (_, start)) in partitions.iter().zip(&starts) {
             tracing::info!(partition = %a.partition, store_applied = ?applied.get(&a.partition), kafka_committed = ?a.kafka_committed, start = ?start, "partition assigned");
         }
+        set_lag_at_assignment(&starts, &watermarks);
         self.publish_ownership();
         if let Some(joined) = &self.opts.group_joined {
             joined.store(true, Ordering::SeqCst);
@@ -706,6 +697,23 @@ impl MainLoop<'_> {
             "ingest progress"
         );
         self.last_log = (Instant::now(), self.report.clone());
+    }
+}
+
+/// The lag gauge of newly assigned partitions, from the watermarks just fetched: the statistics
+/// that keep it current arrive only every `statistics.interval.ms` (5 s), and a dashboard or a
+/// short run should see the backlog from the first second. A partition without a resume point
+/// starts at its low watermark (`auto.offset.reset = earliest`).
+fn set_lag_at_assignment(
+    starts: &[(Partition, Option<i64>)],
+    watermarks: &[(Partition, i64, i64)],
+) {
+    for (p, start) in starts {
+        if let Some((_, low, high)) = watermarks.iter().find(|(w, _, _)| w == p) {
+            let lag = (high - start.unwrap_or(*low)).max(0);
+            metrics::gauge!(names::CONSUMER_LAG, "topic" => p.topic.to_string(), "partition" => p.number.to_string())
+                .set(lag as f64);
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod codecs;
 mod error;
+mod progress;
 mod reader;
 mod repair;
 

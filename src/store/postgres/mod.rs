@@ -22,6 +22,8 @@
 //! | `read` | lookups, applied offsets, streams |
 //! | `pins` | the key pins as an operator manages them |
 //! | `query` | the read API's queries: events located by id or hash, listings by keyset pages |
+//! | `progress` | the operator tools' reads and resets of the stored offsets |
+//! | `stats` | event count and table sizes (`status`) |
 
 mod connect;
 mod conninfo;
@@ -29,8 +31,10 @@ mod copy;
 mod error;
 mod migrate;
 mod pins;
+mod progress;
 mod query;
 mod read;
+mod stats;
 mod write;
 
 use std::sync::atomic::AtomicU32;
@@ -49,6 +53,7 @@ pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
 pub use pins::Pin;
 pub use query::{ListFilter, ListKey, ListQuery, Listed, Listing, Located};
+pub use stats::{EventCount, TableSizes};
 pub use write::Committed;
 
 /// The PostgreSQL repository (a connection pool).
