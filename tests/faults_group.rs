@@ -1,6 +1,7 @@
 //! Worker processes in one consumer group: three workers over six partitions with one killed (SIGKILL)
 //! and restarted five times, and workers added under load (cooperative rebalances). Both end with
-//! the exactness checks. The tests take a lock: each runs three workers on a two-core machine.
+//! the exactness checks. Each worker has an LMDB directory of its own, as deployed (one volume per
+//! replica), checked on its own. The tests take a lock: each runs three workers on two cores.
 
 mod common;
 
@@ -23,9 +24,10 @@ async fn three_workers_six_partitions_one_killed_five_times_stores_exactly_the_v
         let topic = s.topic.clone();
         async move { k::produce_at(&topic, 6000, Some(150.0), 0.05, 0.05, 0.05, seed).await }
     });
-    let mut a = s.spawn("worker-a", &[], &[]);
-    let mut b = s.spawn("worker-b", &[], &[]);
-    let mut victim = s.spawn("victim-0", &[], &[]);
+    // One LMDB per replica, as deployed; the victim keeps its own across restarts.
+    let mut a = s.spawn_replica("a", "worker-a", &[]);
+    let mut b = s.spawn_replica("b", "worker-b", &[]);
+    let mut victim = s.spawn_replica("victim", "victim-0", &[]);
     for round in 1..=5 {
         // Killed while it holds partitions and the group makes progress, at a random moment.
         f::wait_log(&victim, "partition assigned", Duration::from_secs(90)).await;
@@ -37,7 +39,7 @@ async fn three_workers_six_partitions_one_killed_five_times_stores_exactly_the_v
             "kill {round}: {} events stored so far",
             s.event_count().await
         );
-        victim = s.spawn(&format!("victim-{round}"), &[], &[]);
+        victim = s.spawn_replica("victim", &format!("victim-{round}"), &[]);
     }
 
     let produced = producing.await.expect("producer task");
@@ -45,7 +47,10 @@ async fn three_workers_six_partitions_one_killed_five_times_stores_exactly_the_v
     for w in [&mut a, &mut b, &mut victim] {
         w.terminate_ok(s.stop_timeout());
     }
-    let repeats = s.assert_exactly_once(&produced, true).await;
+    f::assert_committed_equals_end(&s.group, &s.topic);
+    s.assert_replicas_exact(&["a", "b", "victim"], &produced)
+        .await;
+    let repeats = f::assert_dlq_is_the_poison_set(&s.topic, &produced, s.config.verify.enabled);
     eprintln!("DLQ repeats: {repeats}");
 }
 
@@ -57,13 +62,13 @@ async fn workers_added_under_load_rebalance_without_loss_or_repeats() {
         let topic = s.topic.clone();
         async move { k::produce_at(&topic, 5000, Some(250.0), 0.05, 0.05, 0.05, 62).await }
     });
-    let mut first = s.spawn("worker-1", &[], &[]);
+    let mut first = s.spawn_replica("1", "worker-1", &[]);
     s.wait_events_at_least(500, Duration::from_secs(60)).await;
-    let mut second = s.spawn("worker-2", &[], &[]);
+    let mut second = s.spawn_replica("2", "worker-2", &[]);
     f::wait_log(&second, "partition assigned", Duration::from_secs(60)).await;
     let floor = s.event_count().await + 500;
     s.wait_events_at_least(floor, Duration::from_secs(60)).await;
-    let mut third = s.spawn("worker-3", &[], &[]);
+    let mut third = s.spawn_replica("3", "worker-3", &[]);
     f::wait_log(&third, "partition assigned", Duration::from_secs(60)).await;
     assert!(
         first.log_text().contains("partitions revoked"),
@@ -78,7 +83,10 @@ async fn workers_added_under_load_rebalance_without_loss_or_repeats() {
     }
     // Graceful hand-overs: in-flight batches finish and commit before a partition moves, so no
     // poison message is dead-lettered twice.
-    s.assert_exactly_once(&produced, false).await;
+    f::assert_committed_equals_end(&s.group, &s.topic);
+    s.assert_replicas_exact(&["1", "2", "3"], &produced).await;
+    let repeats = f::assert_dlq_is_the_poison_set(&s.topic, &produced, s.config.verify.enabled);
+    assert_eq!(repeats, 0, "a poison message was dead-lettered twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,11 +94,11 @@ async fn a_partition_handed_back_keeps_the_offset_its_other_owner_committed() {
     let _serial = SERIAL.lock().await;
     let s = Scenario::new("group-back", 2).await;
     let first = k::produce(&s.topic, 400, 0.0, 0.0, 0.0, 71).await;
-    let mut a = s.spawn("worker-a", &[], &[]);
+    let mut a = s.spawn_replica("a", "worker-a", &[]);
     s.wait_committed_to_end(Duration::from_secs(60)).await;
     // B takes one of A's partitions and moves it on; then B dies and the partition goes back to A,
     // which committed an older offset of it before.
-    let mut b = s.spawn("worker-b", &[], &[]);
+    let mut b = s.spawn_replica("b", "worker-b", &[]);
     f::wait_log(&b, "partition assigned", Duration::from_secs(60)).await;
     let second = k::produce(&s.topic, 400, 0.0, 0.0, 0.0, 72).await;
     s.wait_committed_to_end(Duration::from_secs(60)).await;
@@ -111,6 +119,7 @@ async fn a_partition_handed_back_keeps_the_offset_its_other_owner_committed() {
     f::assert_committed_equals_end(&s.group, &s.topic);
     a.terminate_ok(s.stop_timeout());
     f::assert_committed_equals_end(&s.group, &s.topic);
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &k::expected_valid(&[&first, &second]))
-        .await;
+    let mut both = first.clone();
+    both.records.extend(second.records.iter().cloned());
+    s.assert_replicas_exact(&["a", "b"], &both).await;
 }

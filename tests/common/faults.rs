@@ -276,6 +276,50 @@ impl Scenario {
         )
     }
 
+    /// A worker with an LMDB directory of its own, as deployed (one volume per replica): the
+    /// replica's directory `<dir>/lmdb-<replica>` is kept across its restarts.
+    pub fn spawn_replica(&self, replica: &str, name: &str, args: &[&str]) -> WorkerProcess {
+        let mut config = self.config.clone();
+        config.lmdb.path = self.replica_lmdb(replica);
+        self.spawn_with(&config, name, args, &[])
+    }
+
+    pub fn replica_lmdb(&self, replica: &str) -> PathBuf {
+        self.dir.path().join(format!("lmdb-{replica}"))
+    }
+
+    /// The exactness of a group whose replicas have LMDB directories of their own: PostgreSQL holds
+    /// exactly the valid set, every blob of every replica's LMDB is a valid envelope byte for byte
+    /// (nothing foreign, nothing of a refused message), and the replicas' LMDBs together hold the
+    /// valid set (each holds the batches it wrote; a new replica's gap is PostgreSQL's to fill).
+    pub async fn assert_replicas_exact(&self, replicas: &[&str], produced: &ProduceReport) {
+        let expected = k::expected_valid(&[produced]);
+        let pg = pg_events(&self.db.url).await;
+        assert!(
+            pg == expected.by_id,
+            "PostgreSQL differs from the valid set"
+        );
+        let mut union = BTreeMap::new();
+        for r in replicas {
+            let blobs = lmdb_blobs_any_layout(&self.replica_lmdb(r)).await;
+            for (hash, bytes) in &blobs {
+                assert_eq!(
+                    expected.by_hash.get(hash),
+                    Some(bytes),
+                    "replica {r}'s LMDB holds {hash} with bytes that are not the stored envelope's"
+                );
+            }
+            eprintln!("replica {r}: {} blobs", blobs.len());
+            union.extend(blobs);
+        }
+        assert!(
+            union == expected.by_hash,
+            "the replicas' LMDBs together hold {} of {} envelopes",
+            union.len(),
+            expected.by_hash.len()
+        );
+    }
+
     /// The shutdown budget of a SIGTERM, plus a margin.
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_millis(self.config.shutdown.timeout_ms + 10_000)
