@@ -7,70 +7,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::faults::Scenario;
 use common::kafka::{self as k, WorkerProcess};
-use common::pg::TestDb;
 use nekhebet_store::config::Config;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Setup {
-    db: TestDb,
-    lmdb: tempfile::TempDir,
-    logs: tempfile::TempDir,
-    topic: String,
-    group: String,
-    config: Config,
-}
-
-async fn setup(partitions: i32) -> Setup {
-    let db = TestDb::new().await;
-    let lmdb = tempfile::tempdir().expect("tempdir");
-    let logs = tempfile::tempdir().expect("tempdir");
-    if std::env::var_os("NEKHEBET_KEEP_TEST_LOGS").is_some() {
-        eprintln!("worker logs: {}", logs.path().display());
-    }
-    let topic = k::random_name("ingest-proc");
-    let group = k::random_name("ingest-proc-group");
-    k::create_topic(&topic, partitions).await;
-    let config = k::worker_config(&db.url, lmdb.path(), &topic, &group);
-    Setup {
-        db,
-        lmdb,
-        logs,
-        topic,
-        group,
-        config,
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if std::env::var_os("NEKHEBET_KEEP_TEST_LOGS").is_some() {
-            let keep = std::mem::replace(&mut self.logs, tempfile::tempdir().expect("tempdir"));
-            let _ = keep.keep();
-        }
-    }
-}
-
-impl Setup {
-    fn spawn(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
-        WorkerProcess::spawn(
-            &self.config,
-            args,
-            env,
-            &self.logs.path().join(format!("{name}.log")),
-        )
-    }
-
-    async fn wait_events_at_least(&self, n: i64, timeout: Duration) {
-        let url = self.db.url.clone();
-        k::wait_for(timeout, &format!("at least {n} stored events"), || {
-            let url = url.clone();
-            async move { (k::event_count(&url).await >= n).then_some(()) }
-        })
-        .await;
-    }
-}
 
 /// Stops a worker with SIGTERM and expects exit code 0 within the shutdown timeout.
 fn terminate(w: &mut WorkerProcess, config: &Config) {
@@ -88,7 +29,7 @@ fn terminate(w: &mut WorkerProcess, config: &Config) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_and_restart_stores_exactly_the_valid_set() {
     let _serial = SERIAL.lock().await;
-    let s = setup(4).await;
+    let s = Scenario::new("ingest-proc", 4).await;
     let producing = tokio::spawn({
         let topic = s.topic.clone();
         async move { k::produce_at(&topic, 3000, Some(600.0), 0.05, 0.05, 0.05, 21).await }
@@ -106,14 +47,14 @@ async fn sigkill_mid_stream_and_restart_stores_exactly_the_valid_set() {
     k::wait_committed_to_end(&s.group, &s.topic, Duration::from_secs(120)).await;
     terminate(&mut w, &s.config);
 
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &k::expected_valid(&[&produced])).await;
     k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_commits_what_it_stored_and_exits_0() {
     let _serial = SERIAL.lock().await;
-    let s = setup(2).await;
+    let s = Scenario::new("ingest-proc", 2).await;
     let produced = k::produce(&s.topic, 4000, 0.0, 0.0, 0.02, 22).await;
     let mut w = s.spawn("worker", &[], &[]);
     s.wait_events_at_least(300, Duration::from_secs(60)).await;
@@ -158,20 +99,21 @@ async fn sigterm_under_load_commits_what_it_stored_and_exits_0() {
     let mut w = s.spawn("worker-2", &["--until-caught-up"], &[]);
     let status = w.wait_timeout(Duration::from_secs(120)).expect("caught up");
     assert!(status.success(), "{}", w.log_text());
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &expected).await;
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &expected).await;
     k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_killed_the_other_takes_over() {
     let _serial = SERIAL.lock().await;
-    let s = setup(4).await;
+    let s = Scenario::new("ingest-proc", 4).await;
     let producing = tokio::spawn({
         let topic = s.topic.clone();
         async move { k::produce_at(&topic, 3000, Some(500.0), 0.05, 0.05, 0.05, 23).await }
     });
-    let mut w1 = s.spawn("worker-1", &[], &[]);
-    let mut w2 = s.spawn("worker-2", &[], &[]);
+    // One LMDB per worker, as deployed (one volume per replica).
+    let mut w1 = s.spawn_replica("1", "worker-1", &[]);
+    let mut w2 = s.spawn_replica("2", "worker-2", &[]);
     // Both hold partitions once each logged an assignment.
     k::wait_for(
         Duration::from_secs(60),
@@ -202,14 +144,14 @@ async fn two_workers_one_killed_the_other_takes_over() {
         "worker 2 never took over worker 1's partitions\n{}",
         w2.log_text()
     );
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    s.assert_replicas_exact(&["1", "2"], &produced).await;
     k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_the_postgres_and_lmdb_commits_heals_on_restart() {
     let _serial = SERIAL.lock().await;
-    let s = setup(2).await;
+    let s = Scenario::new("ingest-proc", 2).await;
     let produced = k::produce(&s.topic, 600, 0.0, 0.0, 0.0, 24).await;
     let mut w = s.spawn(
         "worker-crash",
@@ -234,7 +176,7 @@ async fn a_crash_between_the_postgres_and_lmdb_commits_heals_on_restart() {
     let mut w = s.spawn("worker-heal", &["--until-caught-up"], &[]);
     let status = w.wait_timeout(Duration::from_secs(120)).expect("caught up");
     assert!(status.success(), "{}", w.log_text());
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &k::expected_valid(&[&produced])).await;
     // The batch PostgreSQL held but LMDB did not is read again and recognised as redelivered.
     let table = w.log_text();
     let redelivered: u64 = table
