@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::faults::Scenario;
+use common::faults::{self as f, Scenario};
 use common::kafka::{self as k, WorkerProcess};
 use nekhebet_store::config::Config;
 
@@ -187,4 +187,72 @@ async fn a_crash_between_the_postgres_and_lmdb_commits_heals_on_restart() {
         })
         .unwrap_or(0);
     assert_eq!(redelivered as i64, in_pg, "{table}");
+}
+
+/// LMDB holding an older batch than PostgreSQL (not only missing a first batch): the crash comes at
+/// the third PostgreSQL commit, so LMDB has applied offsets of its own, behind PostgreSQL's. The
+/// restart resumes each partition from LMDB's offset, reads exactly the messages LMDB lacks again
+/// (counted `redelivered`, nothing stored twice), heals LMDB, and ends with PostgreSQL, LMDB and
+/// Kafka at the same offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmdb_behind_postgres_by_a_later_batch_heals_on_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut s = Scenario::new("ingest-proc", 2).await;
+    s.config.batch.max_records = 50;
+    let produced = k::produce(&s.topic, 600, 0.0, 0.0, 0.0, 25).await;
+    let mut w = s.spawn(
+        "worker-crash",
+        &[],
+        &[("NEKHEBET_FAILPOINT", "after_postgres_commit@3")],
+    );
+    let status = w
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the failpoint aborts the worker");
+    assert!(!status.success());
+    assert!(
+        w.log_text()
+            .contains("failpoint after_postgres_commit reached (hit 3)"),
+        "{}",
+        w.log_text()
+    );
+    // The window the test is about: LMDB applied something, PostgreSQL a later batch on top.
+    let (pg, lmdb, _) = f::offsets_everywhere(&s.db.url, s.lmdb(), &s.group, &s.topic).await;
+    assert!(!lmdb.is_empty(), "LMDB holds the first batches: {lmdb:?}");
+    let behind: i64 = pg
+        .iter()
+        .map(|(p, o)| o - lmdb.get(p).copied().unwrap_or(-1))
+        .sum();
+    assert!(
+        behind > 0 && pg.iter().any(|(p, o)| lmdb.get(p).is_some_and(|l| l < o)),
+        "PostgreSQL {pg:?} is ahead of LMDB {lmdb:?} on a partition LMDB has applied offsets for"
+    );
+    let in_pg = k::event_count(&s.db.url).await;
+    let lmdb_blobs = f::lmdb_blobs(s.lmdb()).await.len() as i64;
+    assert_eq!(
+        in_pg - lmdb_blobs,
+        behind,
+        "what LMDB lacks is the batch past its offsets"
+    );
+
+    let mut w = s.spawn("worker-heal", &["--until-caught-up"], &[]);
+    let status = w.wait_timeout(Duration::from_secs(120)).expect("caught up");
+    assert!(status.success(), "{}", w.log_text());
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &k::expected_valid(&[&produced])).await;
+    assert_eq!(
+        f::outcome_from_table(&w.log_text(), "redelivered"),
+        Some(behind as u64),
+        "exactly the messages past LMDB's offsets are read again\n{}",
+        w.log_text()
+    );
+    assert_eq!(
+        f::outcome_from_table(&w.log_text(), "stored"),
+        Some(600 - in_pg as u64)
+    );
+    let (pg, lmdb, kafka) = f::offsets_everywhere(&s.db.url, s.lmdb(), &s.group, &s.topic).await;
+    let ends = k::end_offsets(&s.topic);
+    for (p, end) in ends {
+        assert_eq!(pg.get(&p), Some(&(end - 1)), "PostgreSQL's offset of {p}");
+        assert_eq!(lmdb.get(&p), Some(&(end - 1)), "LMDB's offset of {p}");
+        assert_eq!(kafka.get(&p), Some(&end), "Kafka's committed offset of {p}");
+    }
 }

@@ -596,6 +596,7 @@ pub async fn lmdb_blobs_any_layout(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let limits = nekhebet_store::envelope::Limits {
         max_message_bytes: usize::MAX,
     };
+    let mut appended = BTreeSet::new();
     let mut after = None;
     loop {
         let page = lmdb.scan_seqs(after, 1000).await.expect("scan LMDB blobs");
@@ -604,7 +605,12 @@ pub async fn lmdb_blobs_any_layout(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         for (seq, bytes) in page {
             let env = nekhebet_store::envelope::decode(bytes.clone().into(), &limits)
                 .unwrap_or_else(|e| panic!("LMDB blob {seq} does not decode: {e}"));
-            blobs.insert(env.header.payload_hash, bytes);
+            let hash = env.header.payload_hash;
+            assert!(
+                appended.insert(hash.clone()),
+                "LMDB holds envelope {hash} twice (again under seq {seq})"
+            );
+            blobs.insert(hash, bytes);
         }
     }
     blobs
@@ -633,6 +639,11 @@ pub async fn offsets_everywhere(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let kafka = k::committed_offsets(group, topic);
+    if !lmdb.join("data.mdb").exists() {
+        // Killed before it opened its stores: no environment to create here.
+        return (pg, BTreeMap::new(), kafka);
+    }
     let mut cfg = Config::default().lmdb;
     cfg.path = lmdb.to_path_buf();
     cfg.map_size = 1 << 20;
@@ -651,16 +662,16 @@ pub async fn offsets_everywhere(
         .map(|(p, o)| (p.number, o))
         .collect();
     drop(lmdb);
-    let kafka = k::committed_offsets(group, topic);
     (pg, in_lmdb, kafka)
 }
 
 /// The number in the worker's outcome table (printed at exit) for `row` (`redelivered`…).
 pub fn outcome_from_table(log: &str, row: &str) -> Option<u64> {
-    log.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(row).map(|n| n.trim().parse().ok()))
-        .flatten()
+    log.lines().rev().find_map(|l| {
+        // "replay (seth.caught)   134": the count is the line's last field.
+        let rest = l.strip_prefix(row)?;
+        rest.split_whitespace().last()?.parse().ok()
+    })
 }
 
 // ------------------------------------------------------------------------------------ scenarios
