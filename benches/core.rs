@@ -88,7 +88,7 @@ fn bench_canonical(c: &mut Criterion) {
     g.bench_function("canonical header", |b| {
         b.iter(|| {
             for e in &envs {
-                black_box(nekhebet_store::canonical::canonical_header(&e.header).unwrap());
+                black_box(nekhebet_store::envelope::canonical_header(&e.header).unwrap());
             }
         })
     });

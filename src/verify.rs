@@ -275,7 +275,7 @@ impl Verifier {
             }
         }
 
-        canonical::canonical_header(h).map_err(|e| {
+        envelope::canonical_header(h).map_err(|e| {
             reject(
                 Reason::StructureInvalid,
                 format!("header cannot be canonicalized: {e}"),
@@ -655,7 +655,7 @@ mod tests {
                         "{}",
                         t.name
                     );
-                    let ch = canonical::canonical_header(&env.header).unwrap();
+                    let ch = envelope::canonical_header(&env.header).unwrap();
                     assert_eq!(
                         std::str::from_utf8(&ch).unwrap(),
                         t.canonical_header.as_deref().unwrap(),

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = envelope::validate(&env);
-    let _ = nekhebet_store::canonical::canonical_header(&env.header);
+    let _ = envelope::canonical_header(&env.header);
     let _ = nekhebet_store::canonical::payload_hash(env.payload.get());
     let verifier = Verifier::new(VerifyConfig::default());
     let now = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default();

@@ -203,7 +203,7 @@ fn cpu(file: &Path, limit: usize) -> anyhow::Result<serde_json::Value> {
     let (headers, canonical_s) = on_cpu(|| {
         envs.iter()
             .map(|e| {
-                let h = canonical::canonical_header(&e.header).ok()?;
+                let h = envelope::canonical_header(&e.header).ok()?;
                 let hash = canonical::payload_hash(e.payload.get()).ok()?;
                 (hash == e.header.payload_hash).then_some(h)
             })

@@ -123,7 +123,7 @@ pub fn sign_with_extras(spec: &EnvelopeSpec, extras: &HeaderExtras, key: &Signin
         context: context_text.clone().map(raw),
         extensions: extensions_text.clone().map(raw),
     };
-    let header_bytes = canonical::canonical_header(&header)
+    let header_bytes = envelope::canonical_header(&header)
         .expect("header extras must be objects in msgspec's range");
     let signature = key.sign(&header_bytes).to_bytes();
     let public_key = key.verifying_key().to_bytes();
@@ -515,7 +515,7 @@ mod tests {
         let env = dec(&wire);
         let v = Verifier::new(VerifyConfig::default());
         assert_eq!(v.verify(&env, env.header.issued_at_ts), Ok(()));
-        let ch = String::from_utf8(canonical::canonical_header(&env.header).unwrap()).unwrap();
+        let ch = String::from_utf8(envelope::canonical_header(&env.header).unwrap()).unwrap();
         assert!(
             ch.contains("\"context\":{\"trace\":\"t1\",\"w\":1e-05}"),
             "{ch}"

@@ -1,0 +1,126 @@
+//! The two writers over a parsed [`Json`] tree: nekhebet-core's canonical JSON
+//! ([`write_canonical`]: keys sorted by code point, Python number forms, compact) and the
+//! msgspec-compatible wire form used by `signing` ([`write_msgspec`]: members in document
+//! order, msgspec float forms). Both escape strings the same way ([`write_json_string`]:
+//! only `"`, `\` and C0 controls) and print integers as Python does (`-0` is `0`).
+
+use std::borrow::Cow;
+
+use super::float::{msgspec_float, python_float_repr};
+use super::parse::Json;
+
+/// Appends `s` as a JSON string the way both CPython's `json.dumps(ensure_ascii=False)`
+/// and msgspec write it: only `"`, `\` and C0 controls are escaped (short forms where
+/// JSON has them, else `\u00xx` in lowercase hex); DEL, U+2028 and the rest stay raw.
+pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
+/// Python's `str(int)` of an integer literal: only `-0` changes.
+fn python_int(lit: &str) -> &str {
+    if lit == "-0" {
+        "0"
+    } else {
+        lit
+    }
+}
+
+/// Appends the canonical form of `v` (sorted keys, Python number forms, compact).
+pub fn write_canonical(v: &Json<'_>, out: &mut Vec<u8>) {
+    match v {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(true) => out.extend_from_slice(b"true"),
+        Json::Bool(false) => out.extend_from_slice(b"false"),
+        Json::Int(lit) => out.extend_from_slice(python_int(lit).as_bytes()),
+        Json::Float(f) => out.extend_from_slice(python_float_repr(*f).as_bytes()),
+        Json::Str(s) => write_json_string(s, out),
+        Json::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        Json::Object(members) => {
+            let mut order: Vec<&(Cow<'_, str>, Json<'_>)> = members.iter().collect();
+            // `str` ordering is UTF-8 byte order, which is code point order: exactly
+            // how Python sorts `str` keys.
+            order.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+            out.push(b'{');
+            for (i, (k, val)) in order.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_string(k, out);
+                out.push(b':');
+                write_canonical(val, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// Appends `v` as msgspec's encoder would write the decoded Python value: members in
+/// document order, compact, msgspec float forms, integers as Python prints them.
+pub fn write_msgspec(v: &Json<'_>, out: &mut Vec<u8>) {
+    match v {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(true) => out.extend_from_slice(b"true"),
+        Json::Bool(false) => out.extend_from_slice(b"false"),
+        Json::Int(lit) => out.extend_from_slice(python_int(lit).as_bytes()),
+        Json::Float(f) => out.extend_from_slice(msgspec_float(*f).as_bytes()),
+        Json::Str(s) => write_json_string(s, out),
+        Json::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_msgspec(item, out);
+            }
+            out.push(b']');
+        }
+        Json::Object(members) => {
+            out.push(b'{');
+            for (i, (k, val)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_string(k, out);
+                out.push(b':');
+                write_msgspec(val, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
