@@ -966,3 +966,71 @@ async fn writers_racing_on_the_same_envelopes_retry_and_store_each_once() {
     let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(counts, (400, 400, 400));
 }
+
+/// Following in commit order never misses a row committed late: a transaction that took the lower
+/// seq and commits after one with a higher seq. While it is open, the follower gets neither row
+/// past the horizon; once it commits, both come, the lower seq's transaction first (it got its
+/// transaction id first), and reading again from the start gives the same order.
+#[tokio::test]
+async fn following_in_commit_order_never_misses_a_row_committed_late() {
+    use nekhebet_store::store::postgres::CommitPos;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    store
+        .save_batch(&items(&lines[..3]))
+        .await
+        .unwrap()
+        .committed();
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
+                  VALUES ($1, 'test.late', now(), 'test', $2, '\\x7b7d') RETURNING seq";
+    let (mut early, mut late) = (connect().await, connect().await);
+    let t1 = early.transaction().await.unwrap();
+    let low: i64 = t1
+        .query_one(insert, &[&uuid::Uuid::new_v4(), &"late-low"])
+        .await
+        .unwrap()
+        .get(0);
+    let t2 = late.transaction().await.unwrap();
+    let high: i64 = t2
+        .query_one(insert, &[&uuid::Uuid::new_v4(), &"late-high"])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(low < high);
+    t2.commit().await.unwrap();
+
+    // The higher seq is visible, the lower one is not: the follower must not pass it.
+    let horizon = store.commit_horizon().await.unwrap();
+    let first = store.follow(CommitPos::START, horizon, 100).await.unwrap();
+    assert_eq!(
+        first.len(),
+        3,
+        "the batch's rows, and not the late ones: {first:?}"
+    );
+    let seqs: Vec<i64> = first.iter().map(|f| f.pos.seq).collect();
+    assert!(
+        !seqs.contains(&high),
+        "{seqs:?} passed the open transaction"
+    );
+    let cursor = first.last().unwrap().pos;
+
+    t1.commit().await.unwrap();
+    let horizon = store.commit_horizon().await.unwrap();
+    let next = store.follow(cursor, horizon, 100).await.unwrap();
+    let hashes: Vec<&str> = next.iter().map(|f| f.content_hash.as_str()).collect();
+    assert_eq!(hashes, ["late-low", "late-high"]);
+
+    // The order is final: from the start again, the same rows in the same order.
+    let all = store.follow(CommitPos::START, horizon, 100).await.unwrap();
+    assert_eq!(all[..3], first[..]);
+    assert_eq!(all[3..], next[..]);
+    assert_eq!(store.count_after(cursor).await.unwrap(), 2);
+}

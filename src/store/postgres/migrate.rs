@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "read_indexes",
         sql: include_str!("../../../migrations/0006_read_indexes.sql"),
     },
+    Migration {
+        version: 7,
+        name: "commit_order",
+        sql: include_str!("../../../migrations/0007_commit_order.sql"),
+    },
 ];
 
 impl PgStore {

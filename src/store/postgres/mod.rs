@@ -20,6 +20,7 @@
 //! | `copy` | binary COPY of `replay_guard` and `events` rows, `events.seq` values |
 //! | `write` | [`PgStore::save_batch`]: the batch transaction |
 //! | `read` | lookups, applied offsets, streams |
+//! | `follow` | every row in commit order, none missed ([`CommitPos`], the horizon) |
 //! | `pins` | the key pins as an operator manages them |
 //! | `query` | the read API's queries: events located by id or hash, listings by keyset pages |
 //! | `progress` | the operator tools' reads and resets of the stored offsets |
@@ -29,6 +30,7 @@ mod connect;
 mod conninfo;
 mod copy;
 mod error;
+mod follow;
 mod migrate;
 mod pins;
 mod progress;
@@ -51,6 +53,7 @@ pub use conninfo::redact_url;
 #[cfg(any(test, feature = "dev"))]
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
+pub use follow::{CommitPos, Followed};
 pub use pins::Pin;
 pub use query::{ListFilter, ListKey, ListQuery, Listed, Listing, Located};
 pub use stats::{EventCount, TableSizes};
