@@ -206,6 +206,8 @@ def check_testconfig():
     src = open(os.path.join(deploy, "prometheus/test-config/prometheus.yml")).read()
     if "__WORKER_TARGET__" not in src:
         err("test-config/prometheus.yml: no __WORKER_TARGET__ placeholder (tests/prometheus.rs replaces it)")
+    if "__SERVE_TARGET__" not in src:
+        err("test-config/prometheus.yml: no __SERVE_TARGET__ placeholder (tests/prometheus.rs replaces it)")
     cfg = yaml.safe_load(src)
     g = cfg["global"]
     if g.get("scrape_interval") != "1s" or g.get("evaluation_interval") != "1s":
@@ -216,14 +218,15 @@ def check_testconfig():
     os.makedirs(d, exist_ok=True)
     here = os.path.join(deploy, "prometheus/test-config")
     open(os.path.join(d, "prometheus.yml"), "w").write(
-        src.replace("__WORKER_TARGET__", "127.0.0.1:9187").replace("__TEST_CONFIG_DIR__", here))
-    print(f"test config written with target 127.0.0.1:9187 and rule files under {here}")
+        src.replace("__WORKER_TARGET__", "127.0.0.1:9187").replace("__SERVE_TARGET__", "127.0.0.1:8080")
+        .replace("__TEST_CONFIG_DIR__", here))
+    print(f"test config written with targets 127.0.0.1:9187, 127.0.0.1:8080 and rule files under {here}")
 
 
 def check_compose():
     c = load_yaml("docker-compose.yml")
     s = c["services"]
-    for want in ["kafka", "topics", "postgres", "migrate", "ingest-1", "ingest-2", "producer", "prometheus", "grafana"]:
+    for want in ["kafka", "topics", "postgres", "migrate", "ingest-1", "ingest-2", "serve", "producer", "prometheus", "grafana"]:
         if want not in s:
             err(f"compose: no service {want}")
     if not errors:
@@ -266,6 +269,13 @@ def check_compose():
         for v in vols:
             if v not in (c.get("volumes") or {}):
                 err(f"compose: volume {v} is not declared")
+        sv = s["serve"]
+        if sv.get("command") != ["serve"]:
+            err("compose: serve must run `serve`")
+        if not any(v.startswith(f"{vols[0]}:") for v in sv.get("volumes", [])) if vols else True:
+            err("compose: serve must read ingest-1's LMDB volume (a reader beside its writer)")
+        if any(not str(p).startswith("127.0.0.1:") for p in sv.get("ports", [])):
+            err("compose: serve allows anonymous reads inside the network: publish it on loopback only")
         cmd = s["producer"]["command"]
         want = ["produce", "--topic", "nekhebet.events", "--count", "100000", "--rate", "2000",
                 "--duplicate-ratio", "0.02", "--replay-ratio", "0.01", "--poison-ratio", "0.005"]
@@ -284,8 +294,8 @@ def check_compose():
         prom = load_yaml("prometheus/prometheus.yml")
         targets = [t for sc in prom["scrape_configs"] if sc["job_name"] == "nekhebet-store"
                    for st in sc.get("static_configs", []) for t in st["targets"]]
-        if sorted(targets) != ["ingest-1:9187", "ingest-2:9187"]:
-            err(f"prometheus.yml: job nekhebet-store should scrape both workers, scrapes {targets}")
+        if sorted(targets) != ["ingest-1:9187", "ingest-2:9187", "serve:8080"]:
+            err(f"prometheus.yml: job nekhebet-store should scrape both workers and serve, scrapes {targets}")
         if "alerts.yml" not in prom.get("rule_files", []):
             err("prometheus.yml: alerts.yml is not loaded")
         gv = [v for v in s["grafana"].get("volumes", [])]

@@ -632,6 +632,12 @@ pub struct ServeConfig {
     /// Listings streaming at once (each holds a PostgreSQL connection until it ends); more are
     /// answered 503 `busy`. Must be below `postgres.pool_size`.
     pub max_concurrent_listings: usize,
+    /// `/v1/stream` responses open at once (each holds at most one page of envelopes, and a
+    /// PostgreSQL connection only while it reads a page); more are answered 503 `busy`.
+    pub max_concurrent_streams: usize,
+    /// How often, while a stream is open, the server reads the commit horizon to find newly
+    /// committed events (one query for all streams).
+    pub stream_poll_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -649,6 +655,8 @@ impl Default for ServeConfig {
             request_timeout_ms: 30_000,
             max_concurrent_reads: 64,
             max_concurrent_listings: 4,
+            max_concurrent_streams: 64,
+            stream_poll_ms: 100,
         }
     }
 }
@@ -688,6 +696,7 @@ impl ServeConfig {
             ("serve.max_connections", self.max_connections, 1_000_000, "an integer from 1 to 1000000"),
             ("serve.max_concurrent_reads", self.max_concurrent_reads, 200, "an integer from 1 to 200 (LMDB has 256 reader slots for all the processes that open it)"),
             ("serve.max_concurrent_listings", self.max_concurrent_listings, 1_000, "an integer from 1 to 1000, below postgres.pool_size"),
+            ("serve.max_concurrent_streams", self.max_concurrent_streams, 10_000, "an integer from 1 to 10000"),
         ];
         for (key, n, max, expected) in counts {
             if n == 0 || n > max {
@@ -699,6 +708,13 @@ impl ServeConfig {
             ("serve.write_timeout_ms", self.write_timeout_ms),
             ("serve.request_timeout_ms", self.request_timeout_ms),
         ];
+        if !(10..=60_000).contains(&self.stream_poll_ms) {
+            return Err(invalid(
+                "serve.stream_poll_ms",
+                self.stream_poll_ms.to_string(),
+                "milliseconds from 10 to 60000",
+            ));
+        }
         for (key, ms) in timeouts {
             if !(100..=3_600_000).contains(&ms) {
                 return Err(invalid(

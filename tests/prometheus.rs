@@ -311,6 +311,8 @@ const ONLY_AFTER_FAILURES: &[&str] = &[
     "nekhebet_hybrid_lmdb_fallbacks_total",
     "nekhebet_messages_abandoned_total",
     "outcome=\"redelivered\"",
+    "nekhebet_read_check_failures_total",
+    "nekhebet_http_connections_cut_total",
 ];
 
 // --------------------------------------------------------------------------- the test
@@ -373,11 +375,36 @@ fn prometheus_scrapes_a_worker_evaluates_the_rules_and_fires_the_dlq_alert() {
         },
     );
 
+    // ---------------------------------------------------------------- serve, beside the worker
+    // On the worker's database and LMDB, as deploy/docker-compose.yml runs it; its /metrics is on
+    // serve.listen (the read side's panels and alerts need its series).
+    let serve_addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd =
+        Command::new(std::env::var("NEKHEBET_WORKER_BIN").unwrap_or_else(|_| BIN.to_string()));
+    cmd.arg("serve")
+        .env_remove("NEKHEBET_CONFIG")
+        .env("RUST_LOG", "info")
+        .envs(common::kafka::worker_env(&config))
+        .env("NEKHEBET_SERVE__LISTEN", &serve_addr);
+    let serve = Proc::spawn("serve", cmd, dir.path().join("serve.log"));
+    wait_for(
+        "serve's /readyz to answer 200",
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = serve.exited() {
+                panic!("serve exited ({status})\n{}", serve.log_tail(40));
+            }
+            matches!(http_get(&serve_addr, "/readyz"), Ok((200, _)))
+        },
+        || serve.log_tail(40),
+    );
+
     // ---------------------------------------------------------------- Prometheus
     let test_config = repo_path("deploy/prometheus/test-config");
     let prom_config = std::fs::read_to_string(test_config.join("prometheus.yml"))
         .expect("read deploy/prometheus/test-config/prometheus.yml")
         .replace("__WORKER_TARGET__", &worker_addr)
+        .replace("__SERVE_TARGET__", &serve_addr)
         .replace(
             "__TEST_CONFIG_DIR__",
             test_config.to_str().expect("UTF-8 path"),
@@ -414,9 +441,9 @@ fn prometheus_scrapes_a_worker_evaluates_the_rules_and_fires_the_dlq_alert() {
     };
     let up = format!("up{{job=\"{JOB}\"}} == 1");
     wait_for(
-        "Prometheus to scrape the worker (up == 1)",
+        "Prometheus to scrape the worker and serve (up == 1 for both)",
         Duration::from_secs(30),
-        || prom.query(&up).map(|r| !r.is_empty()).unwrap_or(false),
+        || prom.query(&up).map(|r| r.len() == 2).unwrap_or(false),
         || {
             format!(
                 "{:?}\n{}",
@@ -601,6 +628,34 @@ fn prometheus_scrapes_a_worker_evaluates_the_rules_and_fires_the_dlq_alert() {
         broken.join("\n")
     );
 
+    // ---------------------------------------------------------------- reads through serve
+    let ids: Vec<uuid::Uuid> = rt.block_on(async {
+        db.client()
+            .await
+            .query("SELECT id FROM events ORDER BY seq LIMIT 20", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    });
+    assert_eq!(ids.len(), 20);
+    for id in &ids {
+        let (status, body) = http_get(&serve_addr, &format!("/v1/events/{id}")).unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) =
+        http_get(&serve_addr, &format!("/v1/events/{}", uuid::Uuid::new_v4())).unwrap();
+    assert_eq!(status, 404);
+    // rate() needs two scrapes of a series: wait for the read side's to have them.
+    let reads = format!("rate(nekhebet_lmdb_read_hits_total{{job=\"{JOB}\"}}[1m])");
+    wait_for(
+        "serve's read series in Prometheus",
+        Duration::from_secs(30),
+        || prom.query(&reads).map(|r| !r.is_empty()).unwrap_or(false),
+        || serve.log_tail(20),
+    );
+
     // ---------------------------------------------------------------- dashboard expressions
     let exprs = dashboard_exprs();
     assert!(
@@ -637,5 +692,6 @@ fn prometheus_scrapes_a_worker_evaluates_the_rules_and_fires_the_dlq_alert() {
     );
 
     drop(prom_proc);
+    drop(serve);
     drop(worker);
 }

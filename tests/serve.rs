@@ -93,10 +93,19 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory the server process has had, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("VmRSS")
     }
@@ -218,6 +227,133 @@ impl Stored {
             .map(|r| r.get(0))
             .collect()
     }
+}
+
+impl Stored {
+    /// Imports more envelopes into the same database and LMDB (through the CLI, as a writer
+    /// beside the server).
+    fn import(&self, lines: &[Vec<u8>]) {
+        let file = self
+            .dir
+            .path()
+            .join(format!("more-{}.jsonl", uuid::Uuid::new_v4()));
+        let mut text = Vec::new();
+        for l in lines {
+            text.extend_from_slice(l);
+            text.push(b'\n');
+        }
+        std::fs::write(&file, text).unwrap();
+        let out = import_file(&self.db.url, &self.lmdb(), &file);
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every event as the stream must send it: (position, envelope bytes) in commit order.
+    async fn commit_order(&self) -> Vec<(String, Vec<u8>)> {
+        self.db
+            .client()
+            .await
+            .query(
+                "SELECT txid, seq, envelope FROM events ORDER BY txid, seq",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    format!("{}-{}", r.get::<_, i64>(0), r.get::<_, i64>(1)),
+                    r.get(2),
+                )
+            })
+            .collect()
+    }
+}
+
+/// An open `GET /v1/stream` response, read as an SSE client reads it.
+struct Sse {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Sse {
+    async fn open(server: &Server, target: &str, last_event_id: Option<&str>) -> Sse {
+        // No overall timeout: the response never ends; each event is awaited with its own.
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut request = http.get(server.url(target));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", server.log_text());
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Sse {
+            response,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event: (its id, the envelope's bytes as a client reassembles them).
+    async fn next(&mut self) -> (String, Vec<u8>) {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let (mut kind, mut id, mut data) = (String::new(), String::new(), Vec::new());
+                let mut has_data = false;
+                for line in block[..end].split(|b| *b == b'\n') {
+                    if line.starts_with(b":") {
+                        continue;
+                    }
+                    let line = std::str::from_utf8(line).unwrap();
+                    let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+                    match field {
+                        "event" => kind = value.to_owned(),
+                        "id" => id = value.to_owned(),
+                        "data" => {
+                            if has_data {
+                                data.push(b'\n');
+                            }
+                            data.extend_from_slice(value.as_bytes());
+                            has_data = true;
+                        }
+                        other => panic!("unexpected SSE field {other:?}"),
+                    }
+                }
+                if id.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                if kind == "base64" {
+                    use base64::Engine;
+                    data = base64::engine::general_purpose::STANDARD
+                        .decode(&data)
+                        .unwrap();
+                }
+                return (id, data);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.response.chunk())
+                .await
+                .expect("no event within 60 s")
+                .unwrap()
+                .expect("the stream ended");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+}
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
 }
 
 /// `n` envelopes signed by a producer of their own, each padded to about `pad` bytes.
@@ -906,4 +1042,204 @@ async fn serve_runs_as_a_login_role_in_nekhebet_reader() {
     assert_eq!(r.status(), 200, "{}", server.log_text());
     assert_eq!(r.bytes().await.unwrap(), line.as_slice());
     assert_eq!(server.listed_lines("/v1/events?limit=2000").await, 2000);
+}
+
+/// `/v1/stream` from the start sends every stored envelope exactly once, in PostgreSQL's commit
+/// order and as stored byte for byte; then, still open, what another process imports; and a
+/// client resuming with `Last-Event-ID` or `from` gets exactly what follows its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_sends_every_envelope_once_in_commit_order_then_live_and_resumes_where_asked() {
+    let case = sample_served(&[]).await;
+    let (server, stored) = (&case.server, &case.stored);
+    let mut stream = Sse::open(server, "/v1/stream?from=0", None).await;
+    let first = stream.take(2000).await;
+    assert_eq!(
+        first,
+        stored.commit_order().await,
+        "(txid, seq) order, the stored bytes"
+    );
+    assert_eq!(
+        sorted(first.iter().map(|e| e.1.clone()).collect()),
+        sorted(stored.lines.clone()),
+        "each imported envelope exactly once, byte for byte"
+    );
+
+    // Live: imported by another process while the stream is open.
+    let more = padded("later", 71, 300, 100);
+    stored.import(&more);
+    let live = stream.take(300).await;
+    let all = stored.commit_order().await;
+    assert_eq!(all.len(), 2300);
+    assert_eq!(live, all[2000..]);
+    assert_eq!(
+        sorted(live.into_iter().map(|e| e.1).collect()),
+        sorted(more)
+    );
+
+    // Resuming: Last-Event-ID wins over `from` (EventSource reconnects with both).
+    let mut resumed = Sse::open(server, "/v1/stream?from=0", Some(&all[999].0)).await;
+    assert_eq!(resumed.take(1300).await, all[1000..]);
+    let mut by_query = Sse::open(server, &format!("/v1/stream?from={}", all[2298].0), None).await;
+    assert_eq!(by_query.take(1).await, all[2299..]);
+    // At the live edge none repeats: the next event of every stream is the next one stored.
+    stored.import(&padded("marker", 72, 1, 10));
+    let all = stored.commit_order().await;
+    assert_eq!(all.len(), 2301);
+    for s in [&mut stream, &mut resumed, &mut by_query] {
+        assert_eq!(s.take(1).await, all[2300..]);
+    }
+
+    let detail =
+        "expected 0 (the start) or an event's position <txid>-<seq> as its id: line gave it";
+    assert_eq!(
+        get_raw(&server.addr, "/v1/stream?from=7"),
+        (
+            400,
+            format!(r#"{{"error":"bad_position","detail":"from = \"7\": {detail}"}}"#)
+        )
+    );
+    for (target, expected) in [
+        ("/v1/stream?from=1-x", "bad_position"),
+        ("/v1/stream?from=-1-2", "bad_position"),
+        ("/v1/stream?from=0&from=0", "bad_parameter"),
+        ("/v1/stream?since=0", "unknown_parameter"),
+    ] {
+        let (status, body) = get_raw(&server.addr, target);
+        assert_eq!(
+            (status, code(&body)),
+            (400, expected.to_string()),
+            "{target}: {body}"
+        );
+    }
+    let (status, body) = raw(
+        &server.addr,
+        b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 12\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            format!(r#"{{"error":"bad_position","detail":"Last-Event-ID = \"12\": {detail}"}}"#)
+        )
+    );
+}
+
+/// The ordering trap: a transaction that took a lower seq commits after one with a higher seq. A
+/// stream by seq would send the higher one and skip the lower for good; the stream waits for the
+/// commit horizon and sends both, the lower first, then what follows, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_waits_for_a_transaction_that_commits_late_and_misses_nothing() {
+    let case = sample_served(&[]).await;
+    let (server, stored) = (&case.server, &case.stored);
+    let mut stream = Sse::open(server, "/v1/stream?from=0", None).await;
+    assert_eq!(stream.take(2000).await.len(), 2000);
+
+    let late = padded("late", 81, 2, 10);
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&stored.db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
+                  VALUES ($1, $2, $3::text::timestamptz, $4, $5, $6) RETURNING seq";
+    let row = |bytes: &Vec<u8>| {
+        let h = header(bytes);
+        (
+            h.id,
+            h.event_type,
+            h.issued_at,
+            h.source,
+            h.payload_hash,
+            bytes.clone(),
+        )
+    };
+    let (mut early, mut later) = (connect().await, connect().await);
+    let t1 = early.transaction().await.unwrap();
+    let (id, t, at, src, hash, env) = row(&late[0]);
+    let low: i64 = t1
+        .query_one(insert, &[&id, &t, &at, &src, &hash, &env])
+        .await
+        .unwrap()
+        .get(0);
+    let t2 = later.transaction().await.unwrap();
+    let (id, t, at, src, hash, env) = row(&late[1]);
+    let high: i64 = t2
+        .query_one(insert, &[&id, &t, &at, &src, &hash, &env])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(low < high);
+    t2.commit().await.unwrap();
+    // Committed after the open transaction too: held back by it as well (another payload than
+    // the late ones': the same content hash would wait for their transaction).
+    let marker = padded("marker", 82, 1, 11);
+    stored.import(&marker);
+    t1.commit().await.unwrap();
+
+    let next = stream.take(3).await;
+    let bytes: Vec<&Vec<u8>> = next.iter().map(|e| &e.1).collect();
+    assert_eq!(
+        bytes,
+        [&late[0], &late[1], &marker[0]],
+        "the lower seq first, none skipped"
+    );
+    assert_eq!(next, stored.commit_order().await[2000..]);
+}
+
+/// Streams whose clients never read hold at most a page each: the server's memory does not grow
+/// with the store, the slots are bounded (503 `busy`), the write timeout cuts the stalled clients,
+/// and their slots then stream the whole store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_clients_that_never_read_do_not_grow_the_server_and_are_cut() {
+    let _serial = SERIAL.lock().await;
+    // 2,500 envelopes of ~32 KiB (~80 MB) each stream would send.
+    let lines = padded("bulky-stream", 63, 2500, 32 * 1024);
+    let stored = Stored::with(lines).await;
+    let server = stored.serve(&[
+        ("NEKHEBET_SERVE__WRITE_TIMEOUT_MS", "3000"),
+        ("NEKHEBET_SERVE__MAX_CONCURRENT_STREAMS", "4"),
+    ]);
+    // Warm up (allocator, statement caches) with a stream that stays open at the live edge and
+    // holds one of the four slots.
+    let mut warm = Sse::open(&server, "/v1/stream", None).await;
+    assert_eq!(warm.take(2500).await.len(), 2500);
+    let before = server.peak_rss_kib();
+
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.write_all(b"GET /v1/stream?from=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        stalled.push(s);
+    }
+    // Three of six found every stream slot taken.
+    let busy = || async {
+        server
+            .metric(
+                "nekhebet_http_requests_total",
+                &[("route", "/v1/stream"), ("status", "503")],
+            )
+            .await
+    };
+    common::kafka::wait_for(Duration::from_secs(60), "three streams refused", || async {
+        (busy().await >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(busy().await, 3.0);
+    // Cut once they held their pages and socket buffers for serve.write_timeout_ms: the peak
+    // resident memory since the warm-up covers the whole stall.
+    server.wait_cut("write_timeout", 3).await;
+    let during = server.peak_rss_kib();
+    let grown_mib = during.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "peak RSS grew by {grown_mib} MiB with 3 stalled streams of ~80 MB each (before {before} KiB, during {during} KiB)"
+    );
+    let mut after = Sse::open(&server, "/v1/stream?from=0", None).await;
+    assert_eq!(after.take(2500).await, stored.commit_order().await);
+    drop(stalled);
+    drop(warm);
+    eprintln!("RSS before {before} KiB, with 3 stalled streams {during} KiB (+{grown_mib} MiB)");
 }

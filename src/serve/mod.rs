@@ -10,6 +10,7 @@
 //! | `events` | `GET /v1/events/{id}`, `GET /v1/events/by-hash/{content_hash}` |
 //! | `list` | `GET /v1/events`: filters, keyset pages, the ndjson stream |
 //! | `cursor` | the listing's opaque cursor |
+//! | `stream` | `GET /v1/stream`: Server-Sent Events in commit order, then live |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
 //! | `observe` | URI limit, request timeout, request metrics |
 //! | `error` | `{"error": code, "detail": …}` responses |
@@ -26,6 +27,7 @@ mod io;
 mod list;
 mod observe;
 mod server;
+mod stream;
 mod tls;
 
 use std::net::SocketAddr;
@@ -36,7 +38,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -47,6 +49,7 @@ pub use events::SERVED_FROM;
 pub use list::{MAX_LIMIT, NEXT_CURSOR};
 pub use observe::MAX_URI_BYTES;
 pub use server::MAX_HEAD_BYTES;
+pub use stream::{format_position, parse_position};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -56,6 +59,12 @@ pub struct AppState {
     reads: Arc<Semaphore>,
     /// Listings streaming (`serve.max_concurrent_listings`).
     listings: Arc<Semaphore>,
+    /// Streams open (`serve.max_concurrent_streams`).
+    streams: Arc<Semaphore>,
+    /// The commit horizon, kept by [`stream::watch_horizon`] while a stream is open.
+    horizon: Arc<watch::Sender<i64>>,
+    /// Ends the streams when the server stops.
+    shutdown: CancellationToken,
     metrics: PrometheusHandle,
     /// The store's gauges (pool, LMDB map), refreshed per scrape.
     gauges: Arc<Health>,
@@ -91,9 +100,21 @@ pub async fn start(
             config.postgres.pool_size
         );
     }
+    let horizon = Arc::new(watch::Sender::new(0));
+    if let Some(pg) = store.postgres() {
+        tokio::spawn(stream::watch_horizon(
+            pg.clone(),
+            horizon.clone(),
+            Duration::from_millis(cfg.stream_poll_ms),
+            shutdown.clone(),
+        ));
+    }
     let state = AppState {
         reads: Arc::new(Semaphore::new(cfg.max_concurrent_reads)),
         listings: Arc::new(Semaphore::new(cfg.max_concurrent_listings)),
+        streams: Arc::new(Semaphore::new(cfg.max_concurrent_streams)),
+        horizon,
+        shutdown: shutdown.clone(),
         metrics: crate::telemetry::install_metrics()?,
         gauges: Health::new(store.clone()),
         store,
@@ -132,6 +153,7 @@ pub async fn start(
 fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration) -> Router {
     let v1 = Router::new()
         .route("/v1/events", get(list::list))
+        .route("/v1/stream", get(stream::stream))
         .route("/v1/events/{id}", events::route(events::By::Id))
         .route(
             "/v1/events/by-hash/{content_hash}",

@@ -78,8 +78,9 @@ pub async fn route(
 
 /// Route templates as `'static` labels (a fixed set: metric cardinality stays bounded).
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 6] = [
+    const ROUTES: [&str; 7] = [
         "/v1/events",
+        "/v1/stream",
         "/v1/events/{id}",
         "/v1/events/by-hash/{content_hash}",
         "/healthz",

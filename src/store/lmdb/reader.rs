@@ -69,6 +69,26 @@ impl LmdbStore {
         .await
     }
 
+    /// The blobs kept under `keys`, in their order, in one read transaction (the stream reads a
+    /// page of events at once).
+    pub async fn read_blobs(
+        &self,
+        keys: Vec<BlobKey>,
+    ) -> Result<Vec<Option<bytes::Bytes>>, StoreError> {
+        self.read_blocking(move |dbs, rtxn| {
+            keys.iter()
+                .map(|key| {
+                    let blob = match key {
+                        BlobKey::Hash(h) => dbs.events.get(rtxn, h.as_bytes())?,
+                        BlobKey::Seq(seq) => dbs.blobs.get(rtxn, seq)?,
+                    };
+                    Ok(blob.map(bytes::Bytes::copy_from_slice))
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// LMDB-only mode: the content hash of event `id` (the `ids` index).
     pub async fn hash_of_id(&self, id: Uuid) -> Result<Option<String>, StoreError> {
         self.read_blocking(move |dbs, rtxn| Ok(dbs.ids.get(rtxn, &id)?.map(str::to_owned)))
