@@ -11,6 +11,7 @@ pub mod replay_guard;
 mod serve;
 mod status;
 mod table;
+mod tlog;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -97,6 +98,9 @@ pub enum Command {
     /// Where every partition stands (stores, Kafka, lag, owner), events stored, store sizes and,
     /// with `--metrics`, the outcomes of the last minute; `--watch` keeps it on screen.
     Status(status::StatusArgs),
+    /// The transparency log's signing key (`keygen`).
+    #[command(subcommand)]
+    Tlog(tlog::TlogCommand),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -226,6 +230,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Offsets(c) => offsets::run(c, &config).await,
         Command::Dlq(c) => dlq::run(c, &config).await,
         Command::Status(a) => status::run(a, &config).await,
+        Command::Tlog(c) => tlog::run(c, &config),
         Command::Config => {
             let mut shown = config.clone();
             shown.postgres.url = crate::config::redact_url(&shown.postgres.url);

@@ -91,6 +91,7 @@ pub async fn start(
             config.postgres.pool_size
         );
     }
+    let tlog = crate::transparency::Setup::load(config)?;
     let state = AppState {
         reads: Arc::new(Semaphore::new(cfg.max_concurrent_reads)),
         listings: Arc::new(Semaphore::new(cfg.max_concurrent_listings)),
@@ -98,6 +99,7 @@ pub async fn start(
         gauges: Health::new(store.clone()),
         store,
     };
+    let (state_store, state_gauges) = (state.store.clone(), state.gauges.clone());
     let app = router(
         state,
         tokens.clone(),
@@ -121,7 +123,15 @@ pub async fn start(
         "serve: listening"
     );
     let is_tls = tls.is_some();
-    let done = tokio::spawn(server::run(listener, tls, app, limits, shutdown));
+    let integrator =
+        crate::cli::ingest::start_integrator(tlog, &state_store, &state_gauges, &shutdown);
+    let server = server::run(listener, tls, app, limits, shutdown);
+    let done = tokio::spawn(async move {
+        server.await;
+        if let Some(integrator) = integrator {
+            integrator.stop().await;
+        }
+    });
     Ok(Serving {
         addr,
         tls: is_tls,

@@ -1,0 +1,438 @@
+//! The transparency log (issue 15) against a real PostgreSQL: the integrator logs every stored
+//! event exactly once in commit order (late commits included), publishes signed checkpoints whose
+//! roots a client recomputes from the envelope bytes, and refuses to sign a database whose tree
+//! does not extend the last checkpoint it signed; `tlog keygen` writes an owner-only key.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::pg::TestDb;
+use common::worker::cli;
+use common::Committed;
+use nekhebet_store::envelope::{self, Limits};
+use nekhebet_store::store::{Item, PgStore};
+use nekhebet_store::tlog::{
+    append_stored_hashes, envelope_entry, leaf_hash, tree_hash, Checkpoint, Hash, NoteSigner,
+    NoteVerifier,
+};
+use nekhebet_store::transparency::signing::StateFile;
+use nekhebet_store::transparency::{integrator, Handle, Setup, SharedStatus, Status};
+use tokio_util::sync::CancellationToken;
+
+const ORIGIN: &str = "example.com/nekhebet-test";
+
+fn sample_lines() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/envelopes-2000.jsonl"
+    );
+    std::fs::read_to_string(path)
+        .expect("tests/data/envelopes-2000.jsonl (scripts/make-test-data)")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn items(lines: &[String]) -> Vec<Item> {
+    lines
+        .iter()
+        .map(|l| Item {
+            envelope: envelope::decode(
+                Bytes::from(l.clone()),
+                &Limits {
+                    max_message_bytes: 2 << 20,
+                },
+            )
+            .expect("sample decodes"),
+            pos: None,
+        })
+        .collect()
+}
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed(ORIGIN, &[42; 32]).unwrap()
+}
+
+fn setup(state: &Path) -> Setup {
+    Setup {
+        origin: ORIGIN.into(),
+        signer: Some(signer()),
+        state: Some(StateFile {
+            path: state.to_path_buf(),
+        }),
+        checkpoint_interval: Duration::from_millis(100),
+        step_max_leaves: 64,
+    }
+}
+
+fn start(setup: Setup, pg: &PgStore) -> Handle {
+    integrator::spawn(
+        setup,
+        pg.clone(),
+        SharedStatus::default(),
+        &CancellationToken::new(),
+    )
+}
+
+/// Waits until the integrator's status satisfies `f`; panics after a minute with the last status.
+async fn wait_status(handle: &Handle, what: &str, f: impl Fn(&Status) -> bool) -> Status {
+    let mut rx = handle.status.subscribe();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if f(&s) {
+                return s;
+            }
+            rx.changed().await.expect("the integrator is running");
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("{what}: not within 60 s; status {:?}", handle.status.get()))
+}
+
+/// `events` in commit order: (seq, envelope bytes).
+async fn events_in_commit_order(db: &TestDb) -> Vec<(i64, Vec<u8>)> {
+    db.client()
+        .await
+        .query("SELECT seq, envelope FROM events ORDER BY txid, seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The log's leaves: (leaf_index, seq, entry).
+async fn leaves(db: &TestDb) -> Vec<(i64, i64, Vec<u8>)> {
+    db.client()
+        .await
+        .query(
+            "SELECT leaf_index, seq, entry FROM nekhebet_tlog_leaves ORDER BY leaf_index",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Published checkpoints: (size, note, signed).
+async fn checkpoints(db: &TestDb) -> Vec<(i64, String, bool)> {
+    db.client()
+        .await
+        .query(
+            "SELECT size, note, signed FROM nekhebet_tlog_checkpoints ORDER BY size",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The stored hashes of the tree a client builds from envelope bytes alone (Go's layout).
+fn client_tree(envelopes: &[Vec<u8>]) -> Vec<Hash> {
+    let leaves: Vec<Hash> = envelopes
+        .iter()
+        .map(|e| leaf_hash(&envelope_entry(e)))
+        .collect();
+    append_stored_hashes(0, &leaves, &Vec::new()).unwrap()
+}
+
+/// Every event is logged once, in commit order: a transaction holding a lower seq that commits
+/// after one with a higher seq holds both back until it commits, then comes first. Every
+/// checkpoint is signed, opens with the verifier key, and has the root a client computes from the
+/// envelope bytes; the state file holds the last one.
+#[tokio::test]
+async fn every_event_is_logged_once_in_commit_order_under_signed_checkpoints() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    store
+        .save_batch(&items(&lines[..3]))
+        .await
+        .unwrap()
+        .committed();
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
+                  VALUES ($1, 'test.late', now(), 'test', $2, $3) RETURNING seq";
+    let (mut early, mut late) = (connect().await, connect().await);
+    let t1 = early.transaction().await.unwrap();
+    let low: i64 = t1
+        .query_one(
+            insert,
+            &[&uuid::Uuid::new_v4(), &"late-low", &b"low".to_vec()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let t2 = late.transaction().await.unwrap();
+    let high: i64 = t2
+        .query_one(
+            insert,
+            &[&uuid::Uuid::new_v4(), &"late-high", &b"high".to_vec()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(low < high);
+    t2.commit().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("log.checkpoint");
+    let handle = start(setup(&state), &store);
+    // The first step takes every row below the horizon: the batch, not the late-high row past
+    // the open transaction.
+    wait_status(&handle, "a checkpoint of the batch", |s| {
+        s.published.is_some_and(|(size, _)| size == 3)
+    })
+    .await;
+    let logged: Vec<i64> = leaves(&db).await.iter().map(|l| l.1).collect();
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert!(
+        !logged.contains(&high),
+        "{logged:?} passed the open transaction"
+    );
+
+    t1.commit().await.unwrap();
+    store
+        .save_batch(&items(&lines[3..203]))
+        .await
+        .unwrap()
+        .committed();
+    handle.finish(Duration::from_secs(60)).await;
+
+    let events = events_in_commit_order(&db).await;
+    assert_eq!(events.len(), 205);
+    let logged = leaves(&db).await;
+    assert_eq!(logged.len(), 205, "one leaf per event");
+    for (i, ((index, seq, entry), (event_seq, envelope))) in logged.iter().zip(&events).enumerate()
+    {
+        assert_eq!((*index, *seq), (i as i64, *event_seq), "leaf {i}");
+        assert_eq!(
+            entry[..],
+            envelope_entry(envelope)[..],
+            "leaf {i}: sha256 of the bytes"
+        );
+    }
+    let seqs: Vec<i64> = logged.iter().map(|l| l.1).collect();
+    let (at_low, at_high) = (
+        seqs.iter().position(|&s| s == low).unwrap(),
+        seqs.iter().position(|&s| s == high).unwrap(),
+    );
+    assert_eq!(
+        (at_low, at_high),
+        (3, 4),
+        "the late transaction first, by commit order"
+    );
+
+    let envelopes: Vec<Vec<u8>> = events.into_iter().map(|e| e.1).collect();
+    let tree = client_tree(&envelopes);
+    let published = checkpoints(&db).await;
+    assert!(published.len() >= 2, "{published:?}");
+    assert_eq!(published.last().unwrap().0, 205);
+    for (size, note, signed) in &published {
+        assert!(signed);
+        let (c, _) = Checkpoint::open(note.as_bytes(), ORIGIN, &[signer().verifier()])
+            .unwrap_or_else(|e| panic!("checkpoint {size}: {e}\n{note}"));
+        assert_eq!(c.size(), *size as u64);
+        assert_eq!(
+            *c.root(),
+            tree_hash(c.size(), &tree).unwrap(),
+            "size {size}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        published.last().unwrap().1,
+        "the state file holds the last signed checkpoint"
+    );
+}
+
+/// A database whose tree does not extend the last checkpoint this key signed (another history, or
+/// fewer leaves: a restored backup) gets no signature: the refusal names both sizes and roots and
+/// makes the process unready; the original database continues to be signed.
+#[tokio::test]
+async fn a_database_that_does_not_extend_the_signed_checkpoint_is_refused() {
+    let lines = sample_lines();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("log.checkpoint");
+
+    let ours = TestDb::new().await;
+    let ours_store = ours.store().await;
+    ours_store
+        .save_batch(&items(&lines[..50]))
+        .await
+        .unwrap()
+        .committed();
+    start(setup(&state), &ours_store)
+        .finish(Duration::from_secs(60))
+        .await;
+    let signed_note = std::fs::read_to_string(&state).unwrap();
+    let (signed, _) =
+        Checkpoint::open(signed_note.as_bytes(), ORIGIN, &[signer().verifier()]).unwrap();
+    assert_eq!(signed.size(), 50);
+
+    // Another history: 60 other events.
+    let other = TestDb::new().await;
+    let other_store = other.store().await;
+    other_store
+        .save_batch(&items(&lines[100..160]))
+        .await
+        .unwrap()
+        .committed();
+    let other_tree = client_tree(
+        &events_in_commit_order(&other)
+            .await
+            .into_iter()
+            .map(|e| e.1)
+            .collect::<Vec<_>>(),
+    );
+    let handle = start(setup(&state), &other_store);
+    let status = wait_status(&handle, "a refusal", |s| s.refusal.is_some()).await;
+    let why = status.refusal.unwrap();
+    let other_at_50 = tree_hash(50, &other_tree).unwrap();
+    for needle in [
+        "size 50".to_string(),
+        signed.root().to_string(),
+        other_at_50.to_string(),
+        tree_hash(60, &other_tree).unwrap().to_string(),
+    ] {
+        assert!(why.contains(&needle), "{needle:?} not in {why}");
+    }
+    assert!(handle
+        .status
+        .readiness_problem()
+        .unwrap()
+        .contains("refusing to sign"));
+    handle.finish(Duration::from_secs(60)).await;
+    assert_eq!(leaves(&other).await.len(), 60, "the tree is still built");
+    assert_eq!(checkpoints(&other).await, vec![], "nothing signed over it");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), signed_note);
+
+    // A prefix of our history (a backup taken at 10 events): behind.
+    let behind = TestDb::new().await;
+    let behind_store = behind.store().await;
+    behind_store
+        .save_batch(&items(&lines[..10]))
+        .await
+        .unwrap()
+        .committed();
+    let handle = start(setup(&state), &behind_store);
+    let why = wait_status(&handle, "a refusal", |s| s.refusal.is_some())
+        .await
+        .refusal
+        .unwrap();
+    assert!(why.contains("10 leaves") && why.contains("the 50"), "{why}");
+    handle.finish(Duration::from_secs(60)).await;
+    assert_eq!(checkpoints(&behind).await, vec![]);
+
+    // Our database, grown, is an extension: signed again.
+    ours_store
+        .save_batch(&items(&lines[50..70]))
+        .await
+        .unwrap()
+        .committed();
+    let handle = start(setup(&state), &ours_store);
+    handle.finish(Duration::from_secs(60)).await;
+    let (next, _) = Checkpoint::open(
+        std::fs::read_to_string(&state).unwrap().as_bytes(),
+        ORIGIN,
+        &[signer().verifier()],
+    )
+    .unwrap();
+    assert_eq!(next.size(), 70);
+    assert_eq!(checkpoints(&ours).await.last().unwrap().0, 70);
+}
+
+/// Without a signing key the tree is built and checkpoints are published unsigned (the note body
+/// alone), under the default origin.
+#[tokio::test]
+async fn without_a_key_checkpoints_are_published_unsigned() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    store
+        .save_batch(&items(&sample_lines()[..7]))
+        .await
+        .unwrap()
+        .committed();
+    let setup = Setup {
+        origin: nekhebet_store::transparency::DEFAULT_ORIGIN.into(),
+        signer: None,
+        state: None,
+        checkpoint_interval: Duration::from_millis(100),
+        step_max_leaves: 3,
+    };
+    start(setup, &store).finish(Duration::from_secs(60)).await;
+    let published = checkpoints(&db).await;
+    let (size, note, signed) = published.last().unwrap().clone();
+    assert_eq!((size, signed), (7, false));
+    let tree = client_tree(
+        &events_in_commit_order(&db)
+            .await
+            .into_iter()
+            .map(|e| e.1)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        note,
+        format!(
+            "nekhebet-store\n7\n{}\n",
+            tree_hash(7, &tree).unwrap().to_base64()
+        )
+    );
+    assert_eq!(leaves(&db).await.len(), 7, "in steps of 3: 3 + 3 + 1");
+}
+
+/// `tlog keygen NAME --out FILE` writes an owner-only signer key once and prints the verifier
+/// key that checks its signatures; a bad name or an existing file is refused with the reason.
+#[test]
+fn keygen_writes_an_owner_only_key_once_and_prints_its_verifier() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let key_arg = key.display().to_string();
+    let out = cli(&["tlog", "keygen", ORIGIN, "--out", &key_arg], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        text.starts_with(&format!("PRIVATE+KEY+{ORIGIN}+")),
+        "{text}"
+    );
+    let signer = NoteSigner::parse(text.trim()).unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let verifier = NoteVerifier::parse(printed.trim()).unwrap();
+    assert_eq!(verifier, signer.verifier());
+    let note = Checkpoint::new(ORIGIN, 1, Hash([1; 32]))
+        .unwrap()
+        .sign(&[&signer])
+        .unwrap();
+    assert!(Checkpoint::open(note.as_bytes(), ORIGIN, &[verifier]).is_ok());
+
+    let again = cli(&["tlog", "keygen", ORIGIN, "--out", &key_arg], &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never replaced"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text, "unchanged");
+
+    let other = dir.path().join("bad.key").display().to_string();
+    let bad = cli(&["tlog", "keygen", "a b", "--out", &other], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no spaces"));
+}
