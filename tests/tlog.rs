@@ -15,8 +15,8 @@ use common::Committed;
 use nekhebet_store::envelope::{self, Limits};
 use nekhebet_store::store::{Item, PgStore};
 use nekhebet_store::tlog::{
-    append_stored_hashes, envelope_entry, leaf_hash, tree_hash, Checkpoint, Hash, NoteSigner,
-    NoteVerifier,
+    append_stored_hashes, check_consistency, check_inclusion, encode_entry_bundle, envelope_entry,
+    leaf_hash, read_tile, tree_hash, Checkpoint, Hash, NoteSigner, NoteVerifier, Tile,
 };
 use nekhebet_store::transparency::signing::StateFile;
 use nekhebet_store::transparency::{integrator, Handle, Setup, SharedStatus, Status};
@@ -435,4 +435,444 @@ fn keygen_writes_an_owner_only_key_once_and_prints_its_verifier() {
     let bad = cli(&["tlog", "keygen", "a b", "--out", &other], &[]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no spaces"));
+}
+
+/// A `nekhebet-store serve` process (PostgreSQL only, a bearer token, the log signed with `key`);
+/// killed when dropped.
+struct Server {
+    child: std::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(db_url: &str, dir: &Path, key: &Path, token_digest: &str) -> Server {
+        use std::io::BufRead as _;
+        let log = dir.join("serve.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nekhebet-store"))
+            .arg("serve")
+            .env("NEKHEBET_POSTGRES__URL", db_url)
+            .env("NEKHEBET_STORE__MODE", "postgres")
+            .env("NEKHEBET_LMDB__PATH", dir.join("lmdb"))
+            .env("NEKHEBET_SERVE__LISTEN", "127.0.0.1:0")
+            .env("NEKHEBET_SERVE__TOKENS", format!("[\"{token_digest}\"]"))
+            .env("NEKHEBET_SHUTDOWN__TIMEOUT_MS", "2000")
+            .env("NEKHEBET_TLOG__SIGNING_KEY_FILE", key)
+            .env("NEKHEBET_TLOG__CHECKPOINT_INTERVAL_MS", "100")
+            .env_remove("NEKHEBET_FAILPOINT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn nekhebet-store serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Server { child, base, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// GET with the token: (status, headers, body).
+async fn get(
+    server: &Server,
+    token: Option<&str>,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = http().get(format!("{}{path}", server.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// Waits until `/log/checkpoint` is a checkpoint of `size` leaves; returns the note.
+async fn wait_checkpoint(server: &Server, token: &str, size: u64) -> String {
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (status, _, body) = get(server, Some(token), "/log/checkpoint").await;
+            let note = String::from_utf8(body).unwrap();
+            if status == 200 && note.lines().nth(1) == Some(&size.to_string()) {
+                return note;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| {
+        panic!(
+            "no checkpoint of {size} within 60 s; log:\n{}",
+            server.log_text()
+        )
+    })
+}
+
+/// Builds tests/go/tlogverify into `dir`. Fails (never skips) without Go.
+fn build_go_verifier(dir: &Path) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlogverify");
+    let bin = dir.join("tlogverify");
+    let out = std::process::Command::new("go")
+        .args(["build", "-mod=readonly", "-buildvcs=false", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .output()
+        .expect("`go` on PATH (Go 1.26+): tests/go/tlogverify is the independent verifier");
+    assert!(
+        out.status.success(),
+        "`go build` in {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+/// The ids of the events in `db`, in commit order.
+async fn ids(db: &TestDb) -> Vec<uuid::Uuid> {
+    db.client()
+        .await
+        .query("SELECT id FROM events ORDER BY txid, seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A verifier we did not write — Go's `sumdb/tlog` and `sumdb/note` in tests/go/tlogverify —
+/// checks a running `serve` over HTTP with the bearer token: the checkpoint's signature with the
+/// verifier key `tlog keygen` printed, the tree through its tiles, the inclusion of random events
+/// whose leaves it recomputes from the bytes `GET /v1/events/{id}` returns, and the consistency
+/// of the checkpoints before and after more events were stored.
+#[tokio::test]
+async fn go_verifies_the_served_log_checkpoints_tiles_inclusion_and_consistency() {
+    use rand::seq::SliceRandom as _;
+    let dir = tempfile::tempdir().unwrap();
+    let go = build_go_verifier(dir.path());
+    let key = dir.path().join("log.key");
+    let out = cli(
+        &[
+            "tlog",
+            "keygen",
+            ORIGIN,
+            "--out",
+            &key.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = "tlog-test-token";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    store
+        .save_batch(&items(&lines[..300]))
+        .await
+        .unwrap()
+        .committed();
+    let server = Server::start(&db.url, dir.path(), &key, &digest);
+    wait_checkpoint(&server, token, 300).await;
+
+    let verify = |old: Option<&Path>, save: &Path, ids: &[uuid::Uuid]| {
+        let mut cmd = std::process::Command::new(&go);
+        cmd.args([
+            "-url",
+            &server.base,
+            "-token",
+            token,
+            "-vkey",
+            &vkey,
+            "-origin",
+            ORIGIN,
+        ]);
+        if let Some(old) = old {
+            cmd.arg("-old").arg(old);
+        }
+        cmd.arg("-save").arg(save);
+        cmd.args(ids.iter().map(|id| id.to_string()));
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "tlogverify: {}\nserve log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let mut rng = rand::thread_rng();
+    let all = ids(&db).await;
+    let mut picked: Vec<uuid::Uuid> = all.choose_multiple(&mut rng, 10).copied().collect();
+    picked.extend([all[0], all[299]]);
+    let first = dir.path().join("first.checkpoint");
+    let report = verify(None, &first, &picked);
+    assert_eq!(report["size"], 300);
+    assert_eq!(report["events"], 12);
+
+    // 500 more: the tree crosses tile boundaries (full level-0 tiles 0 and 1, then partial).
+    store
+        .save_batch(&items(&lines[300..800]))
+        .await
+        .unwrap()
+        .committed();
+    wait_checkpoint(&server, token, 800).await;
+    let all = ids(&db).await;
+    let mut picked: Vec<uuid::Uuid> = all.choose_multiple(&mut rng, 10).copied().collect();
+    picked.extend([all[0], all[255], all[256], all[799]]);
+    let second = dir.path().join("second.checkpoint");
+    let report = verify(Some(&first), &second, &picked);
+    assert_eq!(report["size"], 800);
+    assert_eq!(report["events"], 14);
+    assert_eq!(report["consistency_from"], 300);
+
+    // A tampered checkpoint is not accepted as the earlier one.
+    let tampered = dir.path().join("tampered.checkpoint");
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&tampered, text.replacen("\n300\n", "\n299\n", 1)).unwrap();
+    let out = std::process::Command::new(&go)
+        .args([
+            "-url",
+            &server.base,
+            "-token",
+            token,
+            "-vkey",
+            &vkey,
+            "-origin",
+            ORIGIN,
+        ])
+        .arg("-old")
+        .arg(&tampered)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signature"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The log's routes: tokens as for `/v1`, exact content types and cache headers (full tiles
+/// immutable, partial tiles and the checkpoint not), byte counts, and hostile input answered 4xx
+/// with a reason.
+#[tokio::test]
+async fn log_routes_answer_exactly_and_refuse_hostile_input_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    signing_key_file(&key);
+    let token = "tlog-routes-token";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    store
+        .save_batch(&items(&sample_lines()[..300]))
+        .await
+        .unwrap()
+        .committed();
+    let server = Server::start(&db.url, dir.path(), &key, &digest);
+    let note = wait_checkpoint(&server, token, 300).await;
+    let t = Some(token);
+
+    // Tokens guard every log route.
+    for path in [
+        "/log/checkpoint",
+        "/log/tile/0/000",
+        "/log/consistency?from=1&to=2",
+        "/v1/events/00000000-0000-0000-0000-000000000000/proof",
+    ] {
+        assert_eq!(get(&server, None, path).await.0, 401, "{path}");
+    }
+
+    let (status, headers, body) = get(&server, t, "/log/checkpoint").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(String::from_utf8(body).unwrap(), note);
+
+    let envelopes: Vec<Vec<u8>> = events_in_commit_order(&db)
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    let tree = client_tree(&envelopes);
+    let (status, headers, body) = get(&server, t, "/log/tile/0/000").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert_eq!(
+        headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(body.len(), 8192);
+    let level0 = Tile::hashes(0, 0, 256).unwrap();
+    assert_eq!(body, read_tile(&level0, 300, &tree).unwrap());
+    let (status, headers, body) = get(&server, t, "/log/tile/0/001.p/44").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(
+        body,
+        read_tile(&Tile::hashes(0, 1, 44).unwrap(), 300, &tree).unwrap()
+    );
+    let (status, _, body) = get(&server, t, "/log/tile/1/000.p/1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        read_tile(&Tile::hashes(1, 0, 1).unwrap(), 300, &tree).unwrap()
+    );
+    let (status, _, body) = get(&server, t, "/log/tile/entries/001.p/44").await;
+    assert_eq!(status, 200);
+    let entries: Vec<[u8; 32]> = envelopes[256..300]
+        .iter()
+        .map(|e| envelope_entry(e))
+        .collect();
+    assert_eq!(body, encode_entry_bundle(&entries).unwrap());
+
+    // Hostile or impossible requests: 4xx naming what is wrong.
+    let huge = format!("/log/tile/0/{}", "x999/".repeat(6) + "999");
+    for (path, want, code, says) in [
+        ("/log/tile/0/001", 404, "not_found", "size 300"),
+        ("/log/tile/0/001.p/45", 404, "not_found", "size 300"),
+        ("/log/tile/entries/002.p/1", 404, "not_found", "size 300"),
+        ("/log/tile/0/1", 400, "bad_tile_path", "3 digits"),
+        (
+            "/log/tile/0/001.p/256",
+            400,
+            "bad_tile_path",
+            "between 1 and 255",
+        ),
+        ("/log/tile/0/x000/001", 400, "bad_tile_path", "x000"),
+        ("/log/tile/64/000", 400, "bad_tile_path", "above 63"),
+        ("/log/tile/abc/000", 400, "bad_tile_path", "entries"),
+        (huge.as_str(), 400, "bad_tile_path", "tile"),
+        (
+            "/log/consistency?from=5&to=3",
+            400,
+            "bad_size",
+            "1 ≤ from ≤ to",
+        ),
+        (
+            "/log/consistency?from=0&to=3",
+            400,
+            "bad_size",
+            "1 ≤ from ≤ to",
+        ),
+        (
+            "/log/consistency?from=1&to=301",
+            404,
+            "not_found",
+            "size 300",
+        ),
+        (
+            "/log/consistency?from=99999999999999999999999&to=3",
+            400,
+            "bad_size",
+            "tree size",
+        ),
+        ("/log/consistency?from=1", 400, "bad_size", "to is missing"),
+        (
+            "/log/consistency?from=1&to=2&to=3",
+            400,
+            "bad_size",
+            "more than once",
+        ),
+        (
+            "/log/consistency?from=1&to=2&x=1",
+            400,
+            "unknown_parameter",
+            "from and to",
+        ),
+        ("/v1/events/not-a-uuid/proof", 400, "bad_id", "UUID"),
+        (
+            "/v1/events/00000000-0000-0000-0000-000000000000/proof",
+            404,
+            "not_found",
+            "no event",
+        ),
+    ] {
+        let (status, _, body) = get(&server, t, path).await;
+        let body: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| panic!("{path}: {}", String::from_utf8_lossy(&body)));
+        assert_eq!(status, want, "{path}: {body}");
+        assert_eq!(body["error"], code, "{path}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(says),
+            "{path}: {body}"
+        );
+    }
+
+    // Consistency and inclusion answers check against the checkpoint's root.
+    let (status, _, body) = get(&server, t, "/log/consistency?from=13&to=300").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let proof: Vec<Hash> = body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| Hash::from_base64(h.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        check_consistency(
+            &proof,
+            13,
+            &tree_hash(13, &tree).unwrap(),
+            300,
+            &tree_hash(300, &tree).unwrap()
+        ),
+        Ok(())
+    );
+    let id = ids(&db).await[123];
+    let (status, _, body) = get(&server, t, &format!("/v1/events/{id}/proof")).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["index"], 123);
+    assert_eq!(body["checkpoint"], note.as_str());
+    let proof: Vec<Hash> = body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| Hash::from_base64(h.as_str().unwrap()).unwrap())
+        .collect();
+    let leaf = leaf_hash(&envelope_entry(&envelopes[123]));
+    assert_eq!(
+        check_inclusion(&proof, 123, &leaf, 300, &tree_hash(300, &tree).unwrap()),
+        Ok(())
+    );
+}
+
+/// Writes a signer key for [`ORIGIN`] (the tests' fixed seed) with owner-only permissions.
+fn signing_key_file(path: &Path) {
+    nekhebet_store::transparency::signing::write_key_file(path, &signer()).unwrap();
 }

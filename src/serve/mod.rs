@@ -10,6 +10,7 @@
 //! | `events` | `GET /v1/events/{id}`, `GET /v1/events/by-hash/{content_hash}` |
 //! | `list` | `GET /v1/events`: filters, keyset pages, the ndjson stream |
 //! | `cursor` | the listing's opaque cursor |
+//! | `log` | the transparency log: `/log/checkpoint`, `/log/tile/…`, `/log/consistency`, `/v1/events/{id}/proof` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
 //! | `observe` | URI limit, request timeout, request metrics |
 //! | `error` | `{"error": code, "detail": …}` responses |
@@ -24,6 +25,7 @@ mod events;
 mod health;
 mod io;
 mod list;
+mod log;
 mod observe;
 mod server;
 mod tls;
@@ -147,6 +149,10 @@ fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration)
             "/v1/events/by-hash/{content_hash}",
             events::route(events::By::Hash),
         )
+        .route("/v1/events/{id}/proof", get(log::proof))
+        .route("/log/checkpoint", get(log::checkpoint))
+        .route("/log/tile/{*path}", get(log::tile))
+        .route("/log/consistency", get(log::consistency))
         .route_layer(from_fn_with_state(tokens, auth::require));
     let operations = Router::new()
         .route("/healthz", get(health::healthz))
