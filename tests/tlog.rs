@@ -876,3 +876,144 @@ async fn log_routes_answer_exactly_and_refuse_hostile_input_with_a_reason() {
 fn signing_key_file(path: &Path) {
     nekhebet_store::transparency::signing::write_key_file(path, &signer()).unwrap();
 }
+
+/// `audit` on a hybrid store whose log was built by the integrator: (exit code, stdout, stderr).
+fn audit(db: &TestDb, lmdb: &Path, key: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let key = key.display().to_string();
+    let mut args = vec!["audit"];
+    args.extend_from_slice(extra);
+    let out = common::worker::cli_on(
+        &db.url,
+        lmdb,
+        &args,
+        &[("NEKHEBET_TLOG__SIGNING_KEY_FILE", key.as_str())],
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Runs SQL as the superuser with the append-only triggers of `events` disabled, as someone
+/// tampering with the store would.
+async fn behind_the_stores_back(db: &TestDb, sql: &str, id: uuid::Uuid) {
+    let c = db.client().await;
+    c.batch_execute("ALTER TABLE events DISABLE TRIGGER USER")
+        .await
+        .unwrap();
+    c.execute(sql, &[&id]).await.unwrap();
+    c.batch_execute("ALTER TABLE events ENABLE TRIGGER USER")
+        .await
+        .unwrap();
+}
+
+/// The leaf index and content hash of event `id`.
+async fn leaf_of(db: &TestDb, id: uuid::Uuid) -> (i64, String) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT l.leaf_index, e.content_hash FROM events e
+             JOIN nekhebet_tlog_leaves l ON l.seq = e.seq WHERE e.id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// `audit` exits 0 on an untouched store (and with a checkpoint a client kept), and 1 naming the
+/// event id and leaf index of each tampering: one byte of one envelope changed by the superuser
+/// with the triggers disabled, one LMDB blob changed, one row deleted. Each is the only finding
+/// (the change undone, `audit` is clean again).
+#[tokio::test]
+async fn audit_names_a_changed_envelope_a_changed_blob_and_a_deleted_row_and_passes_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = dir.path().join("lmdb");
+    let key = dir.path().join("log.key");
+    signing_key_file(&key);
+    let db = TestDb::new().await;
+    let file = dir.path().join("in.jsonl");
+    std::fs::write(&file, sample_lines()[..300].join("\n") + "\n").unwrap();
+    let out = common::worker::import_file(&db.url, &lmdb, &file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = dir.path().join("log.key.checkpoint");
+    start(setup(&state), &db.store().await)
+        .finish(Duration::from_secs(60))
+        .await;
+
+    let kept = state.display().to_string();
+    let (code, stdout, stderr) = audit(&db, &lmdb, &key, &["--checkpoint", &kept]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "ok: 300 leaves match the store\n");
+    assert!(
+        stderr.contains("audited 300 leaves") && stderr.contains("300 LMDB blobs"),
+        "{stderr}"
+    );
+
+    let all = ids(&db).await;
+    // One byte of one envelope.
+    let flip = "UPDATE events SET envelope = set_byte(envelope, 10, get_byte(envelope, 10) # 1) WHERE id = $1";
+    let (index, _) = leaf_of(&db, all[41]).await;
+    behind_the_stores_back(&db, flip, all[41]).await;
+    let (code, stdout, _) = audit(&db, &lmdb, &key, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!("changed  event {} leaf {index} ", all[41])),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "1 findings");
+    behind_the_stores_back(&db, flip, all[41]).await;
+    assert_eq!(audit(&db, &lmdb, &key, &[]).0, Some(0));
+
+    // One LMDB blob.
+    let (index, hash) = leaf_of(&db, all[200]).await;
+    let cfg = nekhebet_store::config::LmdbConfig {
+        path: lmdb.clone(),
+        ..nekhebet_store::config::Config::default().lmdb
+    };
+    let store = nekhebet_store::store::LmdbStore::open(&cfg, false)
+        .await
+        .unwrap();
+    let key_of = nekhebet_store::store::lmdb::BlobKey::Hash(hash.clone());
+    let original = store.read_blob(key_of.clone()).await.unwrap().unwrap();
+    let mut changed = original.to_vec();
+    changed[20] ^= 1;
+    store
+        .replace_blobs(vec![(key_of.clone(), changed.into())])
+        .await
+        .unwrap();
+    let (code, stdout, _) = audit(&db, &lmdb, &key, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "changed  blob {hash} of event {} leaf {index}: ",
+            all[200]
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("\n1 findings\n"), "{stdout}");
+    store.replace_blobs(vec![(key_of, original)]).await.unwrap();
+    assert_eq!(audit(&db, &lmdb, &key, &[]).0, Some(0));
+
+    // One row deleted.
+    let (index, _) = leaf_of(&db, all[150]).await;
+    behind_the_stores_back(&db, "DELETE FROM events WHERE id = $1", all[150]).await;
+    let (code, stdout, _) = audit(&db, &lmdb, &key, &["--checkpoint", &kept]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "missing  event {} leaf {index} (seq {}): the row is gone from events\n1 findings\n",
+            all[150],
+            leaves(&db).await[index as usize].1
+        )
+    );
+}

@@ -6,6 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | `audit` | `nekhebet-store audit`: the log recomputed from the store, every difference named |
 //! | `integrator` | the background task in `ingest` and `serve`: the advisory lock, integration steps, checkpoints |
 //! | `signing` | key files, the state file, the rule that no two signed checkpoints are inconsistent |
 //! | `frontier` | the tree's right edge: stored hashes and roots leaf by leaf, in constant memory (pure) |
@@ -21,6 +22,7 @@
 //! - A checkpoint is signed only for leaves already committed, and only if the tree extends the
 //!   last checkpoint this key signed (remembered in the state file, outside PostgreSQL).
 
+pub mod audit;
 pub mod frontier;
 pub mod hashes;
 pub mod integrator;
