@@ -145,7 +145,8 @@ fn client_tree(envelopes: &[Vec<u8>]) -> Vec<Hash> {
 }
 
 /// Every event is logged once, in commit order: a transaction holding a lower seq that commits
-/// after one with a higher seq holds both back until it commits, then comes first. Every
+/// after one with a higher seq holds both back until it commits, then comes first; a transaction
+/// left open in another database holds nothing back. Every
 /// checkpoint is signed, opens with the verifier key, and has the root a client computes from the
 /// envelope bytes; the state file holds the last one.
 #[tokio::test]
@@ -188,6 +189,20 @@ async fn every_event_is_logged_once_in_commit_order_under_signed_checkpoints() {
         .get(0);
     assert!(low < high);
     t2.commit().await.unwrap();
+    // A write transaction left open in ANOTHER database of the server, started before both: it
+    // cannot add rows here, and must not hold this log back.
+    let elsewhere = TestDb::new().await;
+    let (mut foreign, conn) = tokio_postgres::connect(&elsewhere.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let t3 = foreign.transaction().await.unwrap();
+    t3.query_one(
+        insert,
+        &[&uuid::Uuid::new_v4(), &"elsewhere", &b"x".to_vec()],
+    )
+    .await
+    .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("log.checkpoint");
@@ -212,6 +227,7 @@ async fn every_event_is_logged_once_in_commit_order_under_signed_checkpoints() {
         .unwrap()
         .committed();
     handle.finish(Duration::from_secs(60)).await;
+    t3.rollback().await.unwrap();
 
     let events = events_in_commit_order(&db).await;
     assert_eq!(events.len(), 205);
@@ -447,6 +463,16 @@ struct Server {
 
 impl Server {
     fn start(db_url: &str, dir: &Path, key: &Path, token_digest: &str) -> Server {
+        Self::start_with(db_url, dir, key, token_digest, &[])
+    }
+
+    fn start_with(
+        db_url: &str,
+        dir: &Path,
+        key: &Path,
+        token_digest: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         use std::io::BufRead as _;
         let log = dir.join("serve.log");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nekhebet-store"))
@@ -460,6 +486,7 @@ impl Server {
             .env("NEKHEBET_TLOG__SIGNING_KEY_FILE", key)
             .env("NEKHEBET_TLOG__CHECKPOINT_INTERVAL_MS", "100")
             .env_remove("NEKHEBET_FAILPOINT")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -1015,5 +1042,124 @@ async fn audit_names_a_changed_envelope_a_changed_blob_and_a_deleted_row_and_pas
             all[150],
             leaves(&db).await[index as usize].1
         )
+    );
+}
+
+/// Waits for `server`'s process to end by itself (a failpoint aborts it); panics after a minute.
+async fn wait_exit(server: &mut Server) -> std::process::ExitStatus {
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| {
+        panic!(
+            "serve did not crash within 60 s; log:\n{}",
+            server.log_text()
+        )
+    })
+}
+
+/// The integrator's process killed mid-integration (failpoints abort it before and after a step's
+/// commit): the tree stays at a step boundary, the restarted process continues it with no leaf
+/// lost or duplicated, and every checkpoint — before and after the crashes — is consistent with
+/// the last (the proof verified against the signed roots).
+#[tokio::test]
+async fn the_integrator_killed_mid_step_continues_with_no_leaf_lost_or_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    signing_key_file(&key);
+    let token = "tlog-crash-token";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    store
+        .save_batch(&items(&lines[..100]))
+        .await
+        .unwrap()
+        .committed();
+    let server = Server::start(&db.url, dir.path(), &key, &digest);
+    let first = wait_checkpoint(&server, token, 100).await;
+    drop(server); // SIGKILL
+
+    // Steps of 50: the third aborts before its commit, then (next start) the second after it.
+    store
+        .save_batch(&items(&lines[100..400]))
+        .await
+        .unwrap()
+        .committed();
+    for (failpoint, leaves_after) in [
+        ("tlog_step_before_commit@3", 200),
+        ("tlog_step_after_commit@2", 300),
+    ] {
+        let mut server = Server::start_with(
+            &db.url,
+            dir.path(),
+            &key,
+            &digest,
+            &[
+                ("NEKHEBET_FAILPOINT", failpoint),
+                ("NEKHEBET_TLOG__STEP_MAX_LEAVES", "50"),
+            ],
+        );
+        let status = wait_exit(&mut server).await;
+        assert!(!status.success(), "{failpoint}: {status:?}");
+        assert!(
+            server.log_text().contains(&format!(
+                "failpoint {}",
+                failpoint.split('@').next().unwrap()
+            )),
+            "{}",
+            server.log_text()
+        );
+        assert_eq!(
+            leaves(&db).await.len(),
+            leaves_after,
+            "{failpoint}: a step boundary"
+        );
+    }
+
+    let server = Server::start(&db.url, dir.path(), &key, &digest);
+    let last = wait_checkpoint(&server, token, 400).await;
+    let events = events_in_commit_order(&db).await;
+    let logged = leaves(&db).await;
+    assert_eq!(logged.len(), 400);
+    for (i, ((index, seq, entry), (event_seq, envelope))) in logged.iter().zip(&events).enumerate()
+    {
+        assert_eq!((*index, *seq), (i as i64, *event_seq), "leaf {i}");
+        assert_eq!(entry[..], envelope_entry(envelope)[..], "leaf {i}");
+    }
+    let tree = client_tree(&events.into_iter().map(|e| e.1).collect::<Vec<_>>());
+    let verifier = signer().verifier();
+    let (first, _) =
+        Checkpoint::open(first.as_bytes(), ORIGIN, std::slice::from_ref(&verifier)).unwrap();
+    let (last, _) =
+        Checkpoint::open(last.as_bytes(), ORIGIN, std::slice::from_ref(&verifier)).unwrap();
+    for (size, note, _) in checkpoints(&db).await {
+        let (c, _) =
+            Checkpoint::open(note.as_bytes(), ORIGIN, std::slice::from_ref(&verifier)).unwrap();
+        assert_eq!(
+            *c.root(),
+            tree_hash(size as u64, &tree).unwrap(),
+            "checkpoint {size}"
+        );
+    }
+    let (status, _, body) = get(&server, Some(token), "/log/consistency?from=100&to=400").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let proof: Vec<Hash> = body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| Hash::from_base64(h.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        check_consistency(&proof, 100, first.root(), 400, last.root()),
+        Ok(())
     );
 }

@@ -138,22 +138,48 @@ pub async fn head(client: &Client) -> Result<Option<LogHead>, PgError> {
     .transpose()
 }
 
-/// Up to `limit` events after `after` in commit order, each settled for good: below the horizon
-/// (`pg_snapshot_xmin` of this statement's own snapshot: every transaction below it has ended, so
-/// its rows are visible now and no other row can join them; see `follow.rs`).
+/// This database's horizon, computed from the snapshot `s` of the statement it is part of: the
+/// lowest transaction id that may still add rows to `events`.
+///
+/// `pg_snapshot_xmin` alone (what `follow.rs` uses) is cluster-wide: a write transaction left open
+/// in ANY database of the server (another application's, another test's) would hold the log back
+/// for as long as it stays open. A transaction writes only the database its session is connected
+/// to, so the running transactions of `s` (`pg_snapshot_xip`) that are seen running in ANOTHER
+/// database (`pg_stat_activity`, `pg_prepared_xacts`) cannot add rows here and are left out. Every
+/// other one counts: those of this database, those that ended since `s` was taken (their rows are
+/// not in `s`: they are read in a later round), and those whose database this role may not see
+/// (`pg_stat_activity` hides other roles' sessions without `pg_read_all_stats`: the horizon is then
+/// the cluster-wide one). Below the result, every transaction has ended before `s` or never will
+/// write here, and every later one gets an id ≥ `pg_snapshot_xmax(s)`: the rows below it are
+/// visible in `s`, and no other row can join them. Running transactions are compared by the low 32
+/// bits of their ids (`xid`), unique among transactions running at once.
+const DATABASE_HORIZON: &str = "(SELECT LEAST(
+        pg_snapshot_xmax(s)::text::bigint,
+        (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                           WHERE a.datname <> current_database()
+                             AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)
+           AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts p
+                           WHERE p.database <> current_database()
+                             AND p.transaction::text::bigint = x::text::bigint % 4294967296)))
+     FROM pg_current_snapshot() AS s)";
+
+/// Up to `limit` events after `after` in commit order, each settled for good: below this
+/// database's horizon ([`DATABASE_HORIZON`], from this statement's own snapshot), so its rows are
+/// visible now and no other row can join them (see `follow.rs`).
 pub async fn pending(
     client: &Client,
     after: CommitPos,
     limit: i64,
 ) -> Result<Vec<Pending>, PgError> {
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT txid, seq, id, sha256(envelope), created_at FROM events
              WHERE (txid, seq) > ($1, $2)
-               AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+               AND txid < {DATABASE_HORIZON}
              ORDER BY txid, seq
-             LIMIT $3",
-        )
+             LIMIT $3"
+        ))
         .await?;
     let rows = client
         .query(&stmt, &[&after.txid, &after.seq, &limit])
