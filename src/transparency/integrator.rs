@@ -256,6 +256,10 @@ impl Integrator {
             "tlog: integrating (this process holds the integrator lock)"
         );
         self.set_integrating(true);
+        // Not refusing until a judgement says so (and a series to plot from the start).
+        if self.status.get().refusal.is_none() {
+            metrics::gauge!(names::TLOG_SIGNING_REFUSED).set(0.0);
+        }
         self.status.update(|s| {
             s.size = size;
             s.published = latest.as_ref().map(|c| (c.size, c.root));
