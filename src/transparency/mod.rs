@@ -97,3 +97,51 @@ impl Setup {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(origin: &str, key: Option<PathBuf>) -> Config {
+        let mut c = Config::default();
+        c.tlog.origin = origin.to_string();
+        c.tlog.signing_key_file = key;
+        c
+    }
+
+    #[test]
+    fn the_origin_is_the_keys_name_and_a_mismatch_names_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.key");
+        let signer = NoteSigner::from_seed("example.com/log", &[5; 32]).unwrap();
+        signing::write_key_file(&path, &signer).unwrap();
+
+        let s = Setup::load(&config("", Some(path.clone())))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.origin, "example.com/log");
+        assert_eq!(s.state.unwrap().path, dir.path().join("log.key.checkpoint"));
+        let e = Setup::load(&config("other.example/log", Some(path.clone())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tlog.origin = \"other.example/log\"") && e.contains("\"example.com/log\""),
+            "{e}"
+        );
+        let s = Setup::load(&config("", None)).unwrap().unwrap();
+        assert_eq!(
+            (s.origin.as_str(), s.signer.is_none()),
+            (DEFAULT_ORIGIN, true)
+        );
+        let mut off = config("", None);
+        off.tlog.enabled = false;
+        assert!(Setup::load(&off).unwrap().is_none());
+        let e = Setup::load(&config("", Some(dir.path().join("absent.key"))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tlog.signing_key_file") && e.contains("absent.key"),
+            "{e}"
+        );
+    }
+}
