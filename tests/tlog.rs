@@ -952,7 +952,8 @@ async fn leaf_of(db: &TestDb, id: uuid::Uuid) -> (i64, String) {
 
 /// `audit` exits 0 on an untouched store (and with a checkpoint a client kept), and 1 naming the
 /// event id and leaf index of each tampering: one byte of one envelope changed by the superuser
-/// with the triggers disabled, one LMDB blob changed, one row deleted. Each is the only finding
+/// with the triggers disabled, one LMDB blob changed, one row inserted at a position the log
+/// passed, one row deleted. Each is the only finding
 /// (the change undone, `audit` is clean again).
 #[tokio::test]
 async fn audit_names_a_changed_envelope_a_changed_blob_and_a_deleted_row_and_passes_otherwise() {
@@ -1028,6 +1029,28 @@ async fn audit_names_a_changed_envelope_a_changed_blob_and_a_deleted_row_and_pas
     );
     assert!(stdout.ends_with("\n1 findings\n"), "{stdout}");
     store.replace_blobs(vec![(key_of, original)]).await.unwrap();
+    assert_eq!(audit(&db, &lmdb, &key, &[]).0, Some(0));
+
+    // One row inserted behind the log's back, at a commit position it already passed.
+    let forged = uuid::Uuid::new_v4();
+    let seq: i64 = db
+        .client()
+        .await
+        .query_one(
+            "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope, txid)
+             VALUES ($1, 'omen.observed', now(), 'forger', 'forged', '\\x7b7d', 0) RETURNING seq",
+            &[&forged],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (code, stdout, _) = audit(&db, &lmdb, &key, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!("extra    event {forged} (seq {seq}, txid 0): stored at a position the log already passed, and not in the log\n1 findings\n")
+    );
+    behind_the_stores_back(&db, "DELETE FROM events WHERE id = $1", forged).await;
     assert_eq!(audit(&db, &lmdb, &key, &[]).0, Some(0));
 
     // One row deleted.
