@@ -17,9 +17,12 @@ import urllib.request
 import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "nekhebet-store")
+# The binaries measured: the release build, unless NEKHEBET_BENCH_PROFILE names another profile's
+# directory (`debug`: smoke runs of the tooling only, its figures mean nothing).
+PROFILE = os.environ.get("NEKHEBET_BENCH_PROFILE", "release")
+BIN = os.path.join(ROOT, "target", PROFILE, "nekhebet-store")
 # Development tooling (produce, bench-ceiling, bench-limit, delete-topics): built with `--features dev`.
-DEV_BIN = os.path.join(ROOT, "target", "release", "nekhebet-dev")
+DEV_BIN = os.path.join(ROOT, "target", PROFILE, "nekhebet-dev")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

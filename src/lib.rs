@@ -22,4 +22,5 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod tlog;
+pub mod transparency;
 pub mod verify;

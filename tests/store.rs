@@ -98,7 +98,7 @@ async fn migrate_is_idempotent_and_versioned() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     // nekhebet-store 4.0's tables, columns and indexes are all there.
     for (table, column) in [
         ("events", "id"),

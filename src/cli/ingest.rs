@@ -1,6 +1,7 @@
 //! `nekhebet-store ingest`: the worker as a process — opens the store, serves `/metrics`,
 //! `/healthz` and `/readyz` on `telemetry.listen`, turns SIGINT/SIGTERM into the worker's shutdown
-//! signal, runs [`crate::ingest::run`] and prints its outcome table.
+//! signal, runs the transparency log's integrator beside [`crate::ingest::run`] and prints its
+//! outcome table.
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ pub struct IngestArgs {
 /// stop on a failure it cannot retry.
 pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::process::ExitCode> {
     let store = Store::open(config).await.context("opening the store")?;
+    let tlog = crate::transparency::Setup::load(config)?;
     let shutdown = shutdown_on_signals();
     let health = crate::telemetry::Health::new(store.clone());
     if !config.telemetry.listen.is_empty() {
@@ -40,6 +42,7 @@ pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::p
         .await?;
         tracing::info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
     }
+    let integrator = start_integrator(tlog, &store, &health, &shutdown);
     let report = ingest::run(
         config,
         store,
@@ -51,12 +54,43 @@ pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::p
         shutdown,
     )
     .await?;
+    if let Some(integrator) = integrator {
+        if args.until_caught_up {
+            // What this run stored goes into a published checkpoint before the process ends.
+            integrator
+                .finish(std::time::Duration::from_millis(config.shutdown.timeout_ms))
+                .await;
+        } else {
+            integrator.stop().await;
+        }
+    }
     if args.report_json {
         println!("{}", report.to_json());
     } else {
         println!("{report}");
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The transparency log's integrator beside the worker (or `serve`), when the log is on and the
+/// store has PostgreSQL.
+pub fn start_integrator(
+    setup: Option<crate::transparency::Setup>,
+    store: &Store,
+    health: &crate::telemetry::Health,
+    shutdown: &CancellationToken,
+) -> Option<crate::transparency::Handle> {
+    let setup = setup?;
+    let Some(pg) = store.postgres() else {
+        tracing::warn!("tlog: the transparency log lives in PostgreSQL; store.mode = \"lmdb\" has none: no log is built");
+        return None;
+    };
+    Some(crate::transparency::integrator::spawn(
+        setup,
+        pg.clone(),
+        health.tlog.clone(),
+        shutdown,
+    ))
 }
 
 /// Used by the `ingest` command: a shutdown token cancelled on SIGINT or SIGTERM.

@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and the small commands. `main.rs` only calls [`main`].
 
+mod audit;
 mod dlq;
 mod import;
 pub mod ingest;
@@ -11,6 +12,7 @@ pub mod replay_guard;
 mod serve;
 mod status;
 mod table;
+mod tlog;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -97,6 +99,13 @@ pub enum Command {
     /// Where every partition stands (stores, Kafka, lag, owner), events stored, store sizes and,
     /// with `--metrics`, the outcomes of the last minute; `--watch` keeps it on screen.
     Status(status::StatusArgs),
+    /// Recompute the transparency log from the store and name every changed, missing or extra
+    /// row or blob by id and leaf index; check the checkpoints' roots and signatures, and with
+    /// --checkpoint that the log still holds a checkpoint a client kept. Exit 1 on any finding.
+    Audit(audit::AuditArgs),
+    /// The transparency log's signing key (`keygen`).
+    #[command(subcommand)]
+    Tlog(tlog::TlogCommand),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -226,6 +235,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Offsets(c) => offsets::run(c, &config).await,
         Command::Dlq(c) => dlq::run(c, &config).await,
         Command::Status(a) => status::run(a, &config).await,
+        Command::Tlog(c) => tlog::run(c, &config),
+        Command::Audit(a) => audit::run(a, &config).await,
         Command::Config => {
             let mut shown = config.clone();
             shown.postgres.url = crate::config::redact_url(&shown.postgres.url);

@@ -100,7 +100,7 @@ impl IntoResponse for ApiError {
 /// No route has this path.
 pub async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no_route", format!(
-        "no route {}: the routes are GET /v1/events, /v1/events/{{id}}, /v1/events/by-hash/{{content_hash}}, /v1/stream, /healthz, /readyz, /metrics",
+        "no route {}: the routes are GET /v1/events, /v1/events/{{id}}, /v1/events/by-hash/{{content_hash}}, /v1/events/{{id}}/proof, /v1/stream, /log/checkpoint, /log/tile/…, /log/consistency, /healthz, /readyz, /metrics",
         clip(uri.path(), 128)
     ))
 }

@@ -1,5 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (PostgreSQL and LMDB answer: 200, else 503 with
-//! what is missing) and `/metrics` (Prometheus text, the process's whole registry), as the
+//! `/healthz` (the process answers), `/readyz` (PostgreSQL and LMDB answer and the log's integrator
+//! does not refuse to sign: 200, else 503 with what is missing) and `/metrics` (Prometheus text, the process's whole registry), as the
 //! worker's telemetry endpoints answer them. None needs a token: they say nothing about events.
 
 use axum::extract::State;
@@ -14,7 +14,9 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    telemetry::readiness_response(telemetry::store_readiness(&state.store).await)
+    let mut missing = telemetry::store_readiness(&state.store).await;
+    missing.extend(state.gauges.tlog.readiness_problem());
+    telemetry::readiness_response(missing)
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -11,6 +11,7 @@
 //! | `list` | `GET /v1/events`: filters, keyset pages, the ndjson stream |
 //! | `cursor` | the listing's opaque cursor |
 //! | `stream` | `GET /v1/stream`: Server-Sent Events in commit order, then live |
+//! | `log` | the transparency log: `/log/checkpoint`, `/log/tile/…`, `/log/consistency`, `/v1/events/{id}/proof` |
 //! | `health` | `/healthz`, `/readyz`, `/metrics` |
 //! | `observe` | URI limit, request timeout, request metrics |
 //! | `error` | `{"error": code, "detail": …}` responses |
@@ -25,6 +26,7 @@ mod events;
 mod health;
 mod io;
 mod list;
+mod log;
 mod observe;
 mod server;
 mod stream;
@@ -109,6 +111,7 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    let tlog = crate::transparency::Setup::load(config)?;
     let state = AppState {
         reads: Arc::new(Semaphore::new(cfg.max_concurrent_reads)),
         listings: Arc::new(Semaphore::new(cfg.max_concurrent_listings)),
@@ -119,6 +122,7 @@ pub async fn start(
         gauges: Health::new(store.clone()),
         store,
     };
+    let (state_store, state_gauges) = (state.store.clone(), state.gauges.clone());
     let app = router(
         state,
         tokens.clone(),
@@ -142,7 +146,15 @@ pub async fn start(
         "serve: listening"
     );
     let is_tls = tls.is_some();
-    let done = tokio::spawn(server::run(listener, tls, app, limits, shutdown));
+    let integrator =
+        crate::cli::ingest::start_integrator(tlog, &state_store, &state_gauges, &shutdown);
+    let server = server::run(listener, tls, app, limits, shutdown);
+    let done = tokio::spawn(async move {
+        server.await;
+        if let Some(integrator) = integrator {
+            integrator.stop().await;
+        }
+    });
     Ok(Serving {
         addr,
         tls: is_tls,
@@ -159,6 +171,10 @@ fn router(state: AppState, tokens: Arc<auth::Tokens>, request_timeout: Duration)
             "/v1/events/by-hash/{content_hash}",
             events::route(events::By::Hash),
         )
+        .route("/v1/events/{id}/proof", get(log::proof))
+        .route("/log/checkpoint", get(log::checkpoint))
+        .route("/log/tile/{*path}", get(log::tile))
+        .route("/log/consistency", get(log::consistency))
         .route_layer(from_fn_with_state(tokens, auth::require));
     let operations = Router::new()
         .route("/healthz", get(health::healthz))

@@ -78,11 +78,15 @@ pub async fn route(
 
 /// Route templates as `'static` labels (a fixed set: metric cardinality stays bounded).
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 7] = [
+    const ROUTES: [&str; 11] = [
         "/v1/events",
         "/v1/stream",
         "/v1/events/{id}",
         "/v1/events/by-hash/{content_hash}",
+        "/v1/events/{id}/proof",
+        "/log/checkpoint",
+        "/log/tile/{*path}",
+        "/log/consistency",
         "/healthz",
         "/readyz",
         "/metrics",

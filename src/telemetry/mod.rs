@@ -77,6 +77,8 @@ pub struct Health {
     pub consumer_joined: Arc<AtomicBool>,
     /// Why Kafka refuses the consumer, when it does (set by the consumer's error callback).
     pub kafka_problem: crate::kafka::KafkaProblem,
+    /// The transparency log's integrator (a refusal to sign makes the process unready).
+    pub tlog: crate::transparency::SharedStatus,
     store: Store,
 }
 
@@ -85,6 +87,7 @@ impl Health {
         Arc::new(Health {
             consumer_joined: Arc::new(AtomicBool::new(false)),
             kafka_problem: Default::default(),
+            tlog: Default::default(),
             store,
         })
     }
@@ -103,6 +106,7 @@ impl Health {
             );
         }
         missing.extend(store_readiness(&self.store).await);
+        missing.extend(self.tlog.readiness_problem());
         if missing.is_empty() {
             Ok(())
         } else {

@@ -63,6 +63,19 @@ pub const HTTP_CONNECTIONS: &str = "nekhebet_http_connections";
 pub const HTTP_CONNECTIONS_CUT: &str = "nekhebet_http_connections_cut_total";
 /// Counter: blobs written to LMDB to heal a crash between the PostgreSQL and LMDB commits.
 pub const LMDB_HEALED: &str = "nekhebet_lmdb_healed_total";
+/// Gauge: the size (leaves) of the latest checkpoint of the transparency log that this process
+/// published (it holds the integrator lock) or found published when it took the lock.
+pub const TLOG_SIZE: &str = "nekhebet_tlog_size";
+/// Histogram: seconds from the transaction that stored an event (`events.created_at`) to the
+/// publication of the first checkpoint that includes it.
+pub const TLOG_LAG_SECONDS: &str = "nekhebet_tlog_integration_lag_seconds";
+/// Counter, label `signed` = true|false: checkpoints published.
+pub const TLOG_CHECKPOINTS: &str = "nekhebet_tlog_checkpoints_total";
+/// Gauge: 1 while the integrator refuses to sign because the database's tree does not extend the
+/// last checkpoint it signed (a rolled-back or foreign database; see `/readyz`).
+pub const TLOG_SIGNING_REFUSED: &str = "nekhebet_tlog_signing_refused";
+/// Gauge: 1 in the process that holds the integrator lock and appends to the log.
+pub const TLOG_INTEGRATING: &str = "nekhebet_tlog_integrating";
 /// Gauge: Unix time of the last successful offset commit.
 pub const LAST_COMMIT: &str = "nekhebet_last_commit_timestamp_seconds";
 /// Gauge (always 1), labels `version`, `git`: build information.

@@ -42,6 +42,27 @@ impl LmdbStore {
         .await
     }
 
+    /// The SHA-256 of the blob under each key (`None` when absent), in ONE read transaction:
+    /// what `audit` compares with the transparency log's entries, without copying the blobs out.
+    pub async fn blob_digests(
+        &self,
+        keys: Vec<BlobKey>,
+    ) -> Result<Vec<Option<[u8; 32]>>, StoreError> {
+        use sha2::Digest as _;
+        self.read_blocking(move |dbs, rtxn| {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let blob = match key {
+                    BlobKey::Hash(h) => dbs.events.get(rtxn, h.as_bytes())?,
+                    BlobKey::Seq(seq) => dbs.blobs.get(rtxn, seq)?,
+                };
+                out.push(blob.map(|b| sha2::Sha256::digest(b).into()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Writes PostgreSQL's bytes under these keys, replacing whatever is there, in ONE write
     /// transaction. Returns how many were written.
     pub async fn replace_blobs(

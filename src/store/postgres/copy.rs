@@ -60,7 +60,7 @@ pub(crate) async fn next_seqs(
 /// tokio-postgres's `BinaryCopyInWriter` flushes every 4 KiB and waits for the connection task each
 /// time: ~350 hand-offs (and as many small socket writes) per batch of events, on a machine whose
 /// two cores the worker shares with PostgreSQL and the broker.
-struct CopyRows {
+pub(super) struct CopyRows {
     types: &'static [Type],
     buf: BytesMut,
     /// Pieces ready to send.
@@ -72,7 +72,7 @@ struct CopyRows {
 const COPY_PIECE: usize = 256 * 1024;
 
 impl CopyRows {
-    fn new(types: &'static [Type]) -> CopyRows {
+    pub(super) fn new(types: &'static [Type]) -> CopyRows {
         let mut buf = BytesMut::with_capacity(COPY_PIECE + 8 * 1024);
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0); // flags
@@ -84,7 +84,7 @@ impl CopyRows {
         }
     }
 
-    fn push(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<(), PgError> {
+    pub(super) fn push(&mut self, values: &[&(dyn ToSql + Sync)]) -> Result<(), PgError> {
         debug_assert_eq!(values.len(), self.types.len());
         self.buf.put_i16(self.types.len() as i16);
         for (value, ty) in values.iter().zip(self.types) {
@@ -113,7 +113,7 @@ impl CopyRows {
     }
 
     /// Runs `sql` (a `COPY … FROM STDIN (FORMAT binary)`) with these rows.
-    async fn send(
+    pub(super) async fn send(
         mut self,
         tx: &deadpool_postgres::Transaction<'_>,
         sql: &str,

@@ -4,9 +4,10 @@
 //!
 //! `events.seq` is not that order: seq values are taken before commit, so with concurrent
 //! transactions a lower seq can become visible after a higher one. Every row carries `txid`, the id
-//! of the transaction that inserted it (migration 0007). The **horizon** is
-//! `pg_snapshot_xmin(pg_current_snapshot())`: every transaction with an id below it has finished
-//! (committed or rolled back), so no row with a `txid` below the horizon can ever appear again.
+//! of the transaction that inserted it (migration 0007). The **horizon** ([`DATABASE_HORIZON`]) is
+//! the lowest id of a transaction that may still add rows to this database: every transaction
+//! below it has finished (committed or rolled back) or runs in another database, so no row with a
+//! `txid` below the horizon can ever appear again.
 //! A follower reads only rows below a horizon, in `(txid, seq)` order, and remembers the last
 //! [`CommitPos`] it took: the next read starts after it. Nothing is skipped (a row below the
 //! horizon is visible now and forever; a row at or above it is read in a later round) and nothing
@@ -20,6 +21,32 @@
 use uuid::Uuid;
 
 use super::{PgError, PgStore};
+
+/// This database's horizon, computed from the snapshot `s` of the statement it is part of: the
+/// lowest transaction id that may still add rows to `events`.
+///
+/// `pg_snapshot_xmin` alone is cluster-wide: a write transaction left open
+/// in ANY database of the server (another application's, another test's) would hold the log back
+/// for as long as it stays open. A transaction writes only the database its session is connected
+/// to, so the running transactions of `s` (`pg_snapshot_xip`) that are seen running in ANOTHER
+/// database (`pg_stat_activity`, `pg_prepared_xacts`) cannot add rows here and are left out. Every
+/// other one counts: those of this database, those that ended since `s` was taken (their rows are
+/// not in `s`: they are read in a later round), and those whose database this role may not see
+/// (`pg_stat_activity` hides other roles' sessions without `pg_read_all_stats`: the horizon is then
+/// the cluster-wide one). Below the result, every transaction has ended before `s` or never will
+/// write here, and every later one gets an id ≥ `pg_snapshot_xmax(s)`: the rows below it are
+/// visible in `s`, and no other row can join them. Running transactions are compared by the low 32
+/// bits of their ids (`xid`), unique among transactions running at once.
+pub(super) const DATABASE_HORIZON: &str = "(SELECT LEAST(
+        pg_snapshot_xmax(s)::text::bigint,
+        (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                           WHERE a.datname <> current_database()
+                             AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)
+           AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts p
+                           WHERE p.database <> current_database()
+                             AND p.transaction::text::bigint = x::text::bigint % 4294967296)))
+     FROM pg_current_snapshot() AS s)";
 
 /// A row's place in commit order: its inserting transaction's id, then its seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,14 +73,12 @@ pub struct Followed {
 }
 
 impl PgStore {
-    /// The current horizon: every transaction with an id below it has finished.
+    /// The current horizon: every transaction with an id below it has finished or runs in another
+    /// database.
     pub async fn commit_horizon(&self) -> Result<i64, PgError> {
         let client = self.pool().get().await?;
         let row = client
-            .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-                &[],
-            )
+            .query_one(&format!("SELECT {DATABASE_HORIZON}"), &[])
             .await?;
         Ok(row.get(0))
     }

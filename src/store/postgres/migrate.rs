@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "commit_order",
         sql: include_str!("../../../migrations/0007_commit_order.sql"),
     },
+    Migration {
+        version: 8,
+        name: "tlog",
+        sql: include_str!("../../../migrations/0008_tlog.sql"),
+    },
 ];
 
 impl PgStore {

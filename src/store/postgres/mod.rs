@@ -25,6 +25,7 @@
 //! | `query` | the read API's queries: events located by id or hash, listings by keyset pages |
 //! | `progress` | the operator tools' reads and resets of the stored offsets |
 //! | `stats` | event count and table sizes (`status`) |
+//! | `tlog` | the transparency log's tables: leaves, stored hashes, checkpoints (migration 0008) |
 
 mod connect;
 mod conninfo;
@@ -37,6 +38,7 @@ mod progress;
 mod query;
 mod read;
 mod stats;
+pub mod tlog;
 mod write;
 
 use std::sync::atomic::AtomicU32;
