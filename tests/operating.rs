@@ -235,6 +235,30 @@ async fn while_a_worker_runs_status_names_it_as_owner_and_offsets_reset_is_refus
             > 0
     );
     assert!(status["totals"]["lmdb"]["used_bytes"].as_u64().unwrap() > 0);
+    // The transparency log, integrated by the worker: every stored event a leaf, in a checkpoint.
+    let tlog = k::wait_for(
+        Duration::from_secs(60),
+        "status: every event in a checkpoint",
+        || async {
+            let status: Value = serde_json::from_str(&w.ok(&["status", "--json"])).unwrap();
+            let t = status["totals"]["tlog"].clone();
+            (t["checkpoint"]["size"] == 200).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(tlog["leaves"], 200);
+    assert_eq!(tlog["unlogged"], 0);
+    assert!(tlog["checkpoint"]["signed"].is_boolean(), "{tlog}");
+    assert!(
+        tlog["checkpoint"]["age_seconds"].as_f64().unwrap() >= 0.0,
+        "{tlog}"
+    );
+    assert!(
+        w.ok(&["status"])
+            .contains("log 200 leaves, 0 to integrate, checkpoint 200"),
+        "{}",
+        w.ok(&["status"])
+    );
     assert_eq!(status["outcomes"], Value::Null);
     assert_eq!(status["problems"], serde_json::json!([]));
     let members = status["members"].as_array().unwrap();

@@ -7,7 +7,7 @@ use super::scrape::{Outcomes, Scraper};
 use crate::cli::positions::{PartitionRow, Probe};
 use crate::config::Config;
 use crate::kafka::group::Member;
-use crate::store::postgres::{EventCount, TableSizes};
+use crate::store::postgres::{tlog, CommitPos, EventCount, PgError, PgStore, TableSizes};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -40,6 +40,26 @@ pub struct Totals {
     pub events: Option<EventCount>,
     pub postgres: Option<TableSizes>,
     pub lmdb: Option<LmdbSizes>,
+    /// The transparency log; `null` when `tlog.enabled` is false (or PostgreSQL did not answer).
+    pub tlog: Option<TlogStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlogStatus {
+    /// Leaves in the tree (events integrated).
+    pub leaves: u64,
+    /// Events stored and not yet integrated.
+    pub unlogged: i64,
+    /// The latest published checkpoint; `null` before the first.
+    pub checkpoint: Option<CheckpointStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointStatus {
+    pub size: u64,
+    pub signed: bool,
+    /// Seconds since it was published.
+    pub age_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,6 +150,7 @@ impl Collector {
             events: None,
             postgres: None,
             lmdb: None,
+            tlog: None,
         };
         let Ok(store) = self.probe.store() else {
             return totals; // reported with the partitions
@@ -142,6 +163,12 @@ impl Collector {
             match pg.table_sizes().await {
                 Ok(s) => totals.postgres = Some(s),
                 Err(e) => problems.push(format!("PostgreSQL: table sizes: {e}")),
+            }
+            if config.tlog.enabled {
+                match tlog_status(pg).await {
+                    Ok(t) => totals.tlog = Some(t),
+                    Err(e) => problems.push(format!("PostgreSQL: the transparency log: {e}")),
+                }
             }
         }
         if let Some(lmdb) = store.lmdb() {
@@ -171,6 +198,28 @@ impl Collector {
         }
         totals
     }
+}
+
+async fn tlog_status(pg: &PgStore) -> Result<TlogStatus, PgError> {
+    let client = pg.pool().get().await?;
+    let head = tlog::head(&client).await?;
+    let checkpoint = tlog::latest_checkpoint(&client).await?;
+    drop(client);
+    let unlogged = pg
+        .count_after(head.as_ref().map_or(CommitPos::START, |h| h.cursor))
+        .await?;
+    Ok(TlogStatus {
+        leaves: head.map_or(0, |h| h.size),
+        unlogged,
+        checkpoint: checkpoint.map(|c| CheckpointStatus {
+            size: c.size,
+            signed: c.signed,
+            age_seconds: (chrono::Utc::now() - c.published_at)
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0,
+        }),
+    })
 }
 
 fn member_view(m: &Member) -> MemberView {

@@ -60,6 +60,25 @@ pub fn sizes_line(s: &Snapshot) -> String {
     }
 }
 
+/// `log 2300 leaves, 0 to integrate, checkpoint 2300 signed 1 s ago` (fits 80 columns); `None`
+/// without the log.
+pub fn tlog_line(s: &Snapshot) -> Option<String> {
+    let t = s.totals.tlog.as_ref()?;
+    let checkpoint = match &t.checkpoint {
+        Some(c) => format!(
+            "checkpoint {} {} {:.0} s ago",
+            c.size,
+            if c.signed { "signed" } else { "UNSIGNED" },
+            c.age_seconds
+        ),
+        None => "no checkpoint yet".into(),
+    };
+    Some(format!(
+        "log {} leaves, {} to integrate, {checkpoint}",
+        t.leaves, t.unlogged
+    ))
+}
+
 /// `outcomes (last 60 s): stored 10  duplicate 0 …`, or why there are none.
 pub fn outcomes_line(s: &Snapshot, scraping: bool) -> String {
     match &s.outcomes {
@@ -97,6 +116,10 @@ pub fn report(s: &Snapshot, scraping: bool) -> String {
     out.push('\n');
     out.push_str(&sizes_line(s));
     out.push('\n');
+    if let Some(l) = tlog_line(s) {
+        out.push_str(&l);
+        out.push('\n');
+    }
     out.push_str(&outcomes_line(s, scraping));
     out.push('\n');
     if let Some(o) = &s.outcomes {

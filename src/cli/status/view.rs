@@ -41,8 +41,9 @@ pub fn draw(frame: &mut Frame<'_>, s: Option<&Snapshot>, scraping: bool) {
     let mut lines = vec![
         Line::from(text::totals_line(s)),
         Line::from(text::sizes_line(s)),
-        Line::from(text::outcomes_line(s, scraping)),
     ];
+    lines.extend(text::tlog_line(s).map(Line::from));
+    lines.push(Line::from(text::outcomes_line(s, scraping)));
     for r in s.partitions.iter().filter(|r| r.beyond_end) {
         lines.push(Line::from(format!(
             "{}: stored offsets beyond its end (re-created topic?)",
