@@ -21,6 +21,15 @@
 //! A message of a partition that is no longer ours (revoked meanwhile) is dropped before each
 //! attempt: its next owner decides it, exactly once thanks to the stored offsets.
 //! The LMDB phase of the saved parts is the caller's (the worker pipelines it with the next batch).
+//!
+//! | module | owns |
+//! |---|---|
+//! | `mod` | [`Applier::apply`]: dead letters first, redeliveries, the LMDB phase |
+//! | `isolate` | splitting a chunk down to the message the database refuses, and telling its refusal from the database's |
+//! | `retry` | backoff on transient failures, consumption paused meanwhile |
+
+mod isolate;
+mod retry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -327,189 +336,6 @@ impl Applier {
         Ok(())
     }
 
-    /// Saves the valid items; a database error caused by the data of one message (not a
-    /// transient one) splits the chunk until that message is alone, then it is dead-lettered.
-    async fn save_isolating<S: Sink>(
-        &mut self,
-        sink: &S,
-        chunk: Chunk,
-        applied: &mut Applied,
-    ) -> Result<(), ApplyError> {
-        // Depth-first, left half first: items are saved in consumption order, so a partition's
-        // applied offset never passes a message that is still undecided.
-        let mut stack = vec![chunk];
-        while let Some(mut chunk) = stack.pop() {
-            match self.save_with_retry(sink, &mut chunk, applied).await? {
-                None => {}
-                Some(e) if chunk.items.len() == 1 => {
-                    // A witness: the next message still to save. Refused the same way, the cause
-                    // is the database's.
-                    let witness = stack.last().and_then(|c| c.items.first()).cloned();
-                    self.refusal_is_the_messages(&e, witness).await?;
-                    let i = chunk.idx[0];
-                    match sink.position(i) {
-                        Some(p) => {
-                            tracing::warn!(position = %p, error = %e, "the database refuses this message; dead-lettering it")
-                        }
-                        None => {
-                            tracing::warn!(id = %chunk.items[0].envelope.header.id, error = %e, "the database refuses this message")
-                        }
-                    }
-                    let refusal = Rejection::new(Reason::StoreRejected, e.to_string());
-                    self.reject(sink, vec![(i, refusal)], applied).await?;
-                }
-                Some(_) => {
-                    let mid = chunk.items.len() / 2;
-                    let right = Chunk {
-                        idx: chunk.idx.split_off(mid),
-                        items: chunk.items.split_off(mid),
-                    };
-                    stack.push(right);
-                    stack.push(chunk);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops ([`ApplyError::Fatal`]) unless the database's refusal `e` of one message is that
-    /// message's own: another message (`witness`) must not fail the same way in a rolled-back
-    /// transaction, and no more than [`MAX_SAME_STORE_REFUSALS`] messages in a row may be refused
-    /// for the same cause.
-    async fn refusal_is_the_messages(
-        &mut self,
-        e: &StoreError,
-        witness: Option<Item>,
-    ) -> Result<(), ApplyError> {
-        let cause = e.to_string();
-        let systemic = |why: &str| {
-            tracing::error!(error = %e, "{why}; stopping without committing");
-            ApplyError::Fatal(format!(
-                "the database refuses every message the same way ({why}): {e} — not a message's \
-                 fault (a constraint added, a sequence reset?); nothing was dead-lettered for it or committed"
-            ))
-        };
-        if let Some(witness) = witness {
-            match self.store.probe(std::slice::from_ref(&witness)).await {
-                Err(w) if w.to_string() == cause => {
-                    return Err(systemic("another message of the batch fails alike"))
-                }
-                Ok(()) | Err(_) => {}
-            }
-        }
-        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        if r.cause == cause {
-            r.in_a_row += 1;
-        } else {
-            r.cause = cause;
-            r.in_a_row = 1;
-        }
-        if r.in_a_row >= MAX_SAME_STORE_REFUSALS {
-            return Err(systemic(&format!(
-                "{} messages in a row refused for this cause",
-                r.in_a_row
-            )));
-        }
-        Ok(())
-    }
-
-    /// A save went through: the refusals before it were the messages' own.
-    fn saved_something(&self) {
-        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        r.in_a_row = 0;
-    }
-
-    /// One PostgreSQL phase with retries on transient errors. `Ok(None)`: saved, fates set, the
-    /// part queued for LMDB. `Ok(Some(e))`: a data error to isolate.
-    async fn save_with_retry<S: Sink>(
-        &mut self,
-        sink: &S,
-        chunk: &mut Chunk,
-        applied: &mut Applied,
-    ) -> Result<Option<StoreError>, ApplyError> {
-        let mut backoff = self.backoff();
-        loop {
-            // Drop what is no longer ours before each attempt: after a revocation the next owner
-            // writes it (the stores' offsets make that exactly-once either way).
-            let mut k = 0;
-            while k < chunk.items.len() {
-                let i = chunk.idx[k];
-                if sink.owns(i) {
-                    k += 1;
-                } else {
-                    applied.fates[i] = Fate::Abandoned;
-                    chunk.idx.remove(k);
-                    chunk.items.remove(k);
-                }
-            }
-            if chunk.items.is_empty() {
-                self.recovered(&backoff);
-                return Ok(None);
-            }
-            match self.store.save_postgres(&chunk.items).await {
-                Ok(Saved::Refused(refused)) => {
-                    // Dead-lettered first (their partitions' offsets will pass them), then the
-                    // rest of the chunk is saved again without them.
-                    let mut gone: Vec<usize> = refused.iter().map(|(k, _)| *k).collect();
-                    let letters = refused
-                        .into_iter()
-                        .map(|(k, rejection)| (chunk.idx[k], rejection))
-                        .collect();
-                    self.reject(sink, letters, applied).await?;
-                    gone.sort_unstable();
-                    for k in gone.into_iter().rev() {
-                        chunk.idx.remove(k);
-                        chunk.items.remove(k);
-                    }
-                }
-                Ok(Saved::Committed(phase)) => {
-                    if phase.outcomes.len() != chunk.items.len() {
-                        return Err(ApplyError::Fatal(format!(
-                            "internal error: the store returned {} outcomes for {} envelopes",
-                            phase.outcomes.len(),
-                            chunk.items.len()
-                        )));
-                    }
-                    for ((&i, item), &o) in chunk.idx.iter().zip(&chunk.items).zip(&phase.outcomes)
-                    {
-                        if o == Outcome::Replay {
-                            let h = &item.envelope.header;
-                            tracing::warn!(
-                                key_id = %mask(&h.key_id),
-                                nonce = %mask(&h.nonce),
-                                event_type = %h.event_type,
-                                position = ?sink.position(i).map(ToString::to_string),
-                                "replay caught (seth.caught): (key_id, nonce) already used by another envelope"
-                            );
-                        }
-                        applied.fates[i] = Fate::Done(o);
-                    }
-                    applied
-                        .saved
-                        .push((std::mem::take(&mut chunk.items), phase));
-                    self.saved_something();
-                    self.recovered(&backoff);
-                    return Ok(None);
-                }
-                Err(e) => match e.class() {
-                    ErrorClass::Transient => {
-                        self.retrying(&e, chunk.items.len());
-                        self.back_off(&mut backoff, e.cause(), &mut applied.report)
-                            .await?;
-                    }
-                    ErrorClass::Message => {
-                        self.recovered(&backoff);
-                        return Ok(Some(e));
-                    }
-                    ErrorClass::Fatal => {
-                        tracing::error!(error = %e, cause = e.cause(), "store write failed and retrying cannot help; stopping without committing");
-                        return Err(ApplyError::Fatal(format!("store: {e}")));
-                    }
-                },
-            }
-        }
-    }
-
     /// The LMDB phase of saved parts, `parts[*written..]`, retried while LMDB's failure is
     /// transient (PostgreSQL already decided the outcomes: there is nothing to isolate). Advances
     /// `written` as parts land, so a caller can start from where a previous attempt stopped.
@@ -549,63 +375,6 @@ impl Applier {
                 self.recovered(&backoff);
                 return Ok(());
             }
-        }
-    }
-
-    fn backoff(&self) -> Backoff {
-        Backoff::new(self.retry.base, self.retry.max)
-    }
-
-    /// Says a transient failure is being retried; loudly when only an operator can end it.
-    fn retrying(&self, e: &StoreError, envelopes: usize) {
-        if e.needs_operator() {
-            tracing::error!(error = %e, cause = e.cause(), envelopes, "store write failed; retrying the same batch (offsets do not move) until an operator makes room for LMDB");
-        } else {
-            tracing::warn!(error = %e, cause = e.cause(), envelopes, "store write failed; retrying the same batch (offsets do not move)");
-        }
-    }
-
-    /// Pauses consumption and waits before the next attempt; `Aborted` on a hard stop, `Fatal`
-    /// once the attempts allowed are spent.
-    async fn back_off(
-        &mut self,
-        backoff: &mut Backoff,
-        cause: &'static str,
-        report: &mut IngestReport,
-    ) -> Result<(), ApplyError> {
-        if self
-            .retry
-            .attempts
-            .is_some_and(|max| backoff.attempts() + 1 >= max)
-        {
-            return Err(ApplyError::Fatal(format!(
-                "still failing after {} attempts ({cause})",
-                backoff.attempts() + 1
-            )));
-        }
-        report.retries += 1;
-        metrics::counter!(names::RETRIES, "cause" => cause).increment(1);
-        if let Some(pause) = &self.pause {
-            pause.set(PauseFlags::RETRYING, true);
-            metrics::gauge!(names::PAUSED).set(1.0);
-        }
-        let delay = backoff.next_delay(&mut self.rng);
-        tokio::select! {
-            _ = self.abort.cancelled() => Err(ApplyError::Aborted),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
-    }
-
-    fn recovered(&self, backoff: &Backoff) {
-        if backoff.attempts() > 0 {
-            if let Some(pause) = &self.pause {
-                pause.set(PauseFlags::RETRYING, false);
-                metrics::gauge!(names::PAUSED).set(0.0);
-            }
-            tracing::info!(
-                attempts = backoff.attempts(),
-                "recovered after retries; resuming"
-            );
         }
     }
 }
