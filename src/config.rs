@@ -164,7 +164,10 @@ pub struct LmdbConfig {
     pub map_size: u64,
     /// Upper bound for growth, in bytes: past it, "map full" is reported as a failure.
     pub max_map_size: u64,
-    pub layout: LmdbLayout,
+    /// Unset: the layout the environment records (a new one: append in hybrid mode, compatible in
+    /// LMDB-only mode; one written by nekhebet-store 4.0: compatible). Set: must be the recorded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LmdbLayout>,
     /// fsync on every commit (durable). Turning it off trades durability for speed.
     pub sync: bool,
 }
@@ -306,7 +309,7 @@ impl Default for Config {
                 path: PathBuf::from("./data/lmdb"),
                 map_size: 1 << 30,
                 max_map_size: 1 << 40,
-                layout: LmdbLayout::Compatible,
+                layout: None,
                 sync: true,
             },
             limits: LimitsConfig {
@@ -457,7 +460,7 @@ impl Config {
                 "a size in bytes ≥ lmdb.map_size",
             ));
         }
-        if self.lmdb.layout == LmdbLayout::Append && self.store.mode != StoreMode::Hybrid {
+        if self.lmdb.layout == Some(LmdbLayout::Append) && self.store.mode != StoreMode::Hybrid {
             return Err(invalid(
                 "lmdb.layout",
                 "\"append\"",

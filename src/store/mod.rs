@@ -135,10 +135,9 @@ impl Store {
         Ok(match config.store.mode {
             StoreMode::Postgres => Store::Postgres(Self::connect_pg(config).await?),
             StoreMode::Lmdb => Store::Lmdb(lmdb(true).await?.with_key_pinning(config.pins_keys())),
-            StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
+            StoreMode::Hybrid => Store::Hybrid(HybridStore::new(
                 Self::connect_pg(config).await?,
                 lmdb(false).await?,
-                config.lmdb.layout,
             )),
         })
     }

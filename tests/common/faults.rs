@@ -301,7 +301,7 @@ impl Scenario {
         );
         let mut union = BTreeMap::new();
         for r in replicas {
-            let blobs = lmdb_blobs_any_layout(&self.replica_lmdb(r)).await;
+            let blobs = lmdb_blobs(&self.replica_lmdb(r)).await;
             for (hash, bytes) in &blobs {
                 assert_eq!(
                     expected.by_hash.get(hash),
@@ -562,16 +562,23 @@ pub async fn pg_events(db_url: &str) -> BTreeMap<uuid::Uuid, Vec<u8>> {
         .collect()
 }
 
-/// LMDB's blobs: content hash → envelope bytes. A worker may have the environment open: this
-/// process only reads, and asks for the smallest map (LMDB raises it to the size in use), so it
-/// never records a map size of its own that the worker would have to adopt.
-pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+/// The LMDB at `dir`, opened as `serve` opens it: for reading beside a worker (no write
+/// transaction once its databases exist), asking for the smallest map (LMDB raises it to the size
+/// in use), so it never records a map size of its own that the worker would have to adopt.
+pub async fn open_lmdb(dir: &Path) -> nekhebet_store::store::LmdbStore {
     let mut cfg = Config::default().lmdb;
     cfg.path = dir.to_path_buf();
     cfg.map_size = 1 << 20;
-    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
+    nekhebet_store::store::LmdbStore::open_reader(&cfg, false)
         .await
-        .expect("open LMDB");
+        .expect("open LMDB")
+}
+
+/// LMDB's blobs in whichever layout the environment holds: content hash → envelope bytes (the
+/// append layout keys them by `events.seq`; the hash is read from each envelope's header). A
+/// worker may have the environment open: this process only reads.
+pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let lmdb = open_lmdb(dir).await;
     let mut blobs = BTreeMap::new();
     let mut after = None;
     loop {
@@ -580,19 +587,6 @@ pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         after = Some(last.clone());
         blobs.extend(page);
     }
-    blobs
-}
-
-/// LMDB's blobs in whichever layout the environment holds: content hash → envelope bytes (the
-/// append layout keys them by `events.seq`; the hash is read from each envelope's header).
-pub async fn lmdb_blobs_any_layout(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut blobs = lmdb_blobs(dir).await;
-    let mut cfg = Config::default().lmdb;
-    cfg.path = dir.to_path_buf();
-    cfg.map_size = 1 << 20;
-    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
-        .await
-        .expect("open LMDB");
     let limits = nekhebet_store::envelope::Limits {
         max_message_bytes: usize::MAX,
     };
