@@ -170,6 +170,9 @@ pub struct LmdbConfig {
     pub layout: Option<LmdbLayout>,
     /// fsync on every commit (durable). Turning it off trades durability for speed.
     pub sync: bool,
+    /// The LMDB mirror (hybrid mode, `ingest` and `serve`): envelopes copied from PostgreSQL per
+    /// second at most (and rows re-checked by its sweep); 0 turns it off.
+    pub mirror_rate: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -311,6 +314,7 @@ impl Default for Config {
                 max_map_size: 1 << 40,
                 layout: None,
                 sync: true,
+                mirror_rate: 5_000,
             },
             limits: LimitsConfig {
                 max_message_bytes: 2 * 1024 * 1024,
@@ -465,6 +469,13 @@ impl Config {
                 "lmdb.layout",
                 "\"append\"",
                 "\"compatible\" unless store.mode = \"hybrid\" (the append layout needs PostgreSQL's indexes)",
+            ));
+        }
+        if self.lmdb.mirror_rate > 1_000_000 {
+            return Err(invalid(
+                "lmdb.mirror_rate",
+                self.lmdb.mirror_rate,
+                "envelopes per second between 0 (off) and 1000000",
             ));
         }
         if self.limits.max_message_bytes < 1024 {

@@ -138,6 +138,8 @@ async fn two_workers_one_killed_the_other_takes_over() {
         "the surviving worker did not catch up; its log:\n{}",
         w2.log_text()
     );
+    // The survivor's LMDB mirror copies what the killed worker stored.
+    s.wait_replicas_complete(&["2"], &produced).await;
     terminate(&mut w2, &s.config);
     assert!(
         w2.log_text().matches("partition assigned").count() > 2,

@@ -1,5 +1,5 @@
 //! `/healthz` (the process answers), `/readyz` (PostgreSQL and LMDB answer: 200, else 503 with
-//! what is missing) and `/metrics` (Prometheus text, the process's whole registry), as the
+//! what is missing; the LMDB mirror's lag as a detail) and `/metrics` (Prometheus text, the process's whole registry), as the
 //! worker's telemetry endpoints answer them. None needs a token: they say nothing about events.
 
 use axum::extract::State;
@@ -14,7 +14,8 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    telemetry::readiness_response(telemetry::store_readiness(&state.store).await)
+    let missing = telemetry::store_readiness(&state.store).await;
+    telemetry::readiness_response(missing, state.gauges.mirror())
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

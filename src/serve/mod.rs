@@ -1,7 +1,9 @@
 //! `nekhebet-store serve`: the HTTP read API over the store (axum on hyper, HTTP/1.1, optional
 //! TLS). Runs beside a worker on the same LMDB (it opens LMDB without writing to it, see
 //! [`crate::store::LmdbStore::open_reader`]) or alone, and reads PostgreSQL as a reader
-//! (`nekhebet_reader` is enough).
+//! (`nekhebet_reader` is enough). In hybrid mode it runs the LMDB mirror
+//! ([`crate::store::mirror`]), whose short write transactions are its only writes to LMDB
+//! (`lmdb.mirror_rate = 0`: none).
 //!
 //! | module | owns |
 //! |---|---|
@@ -91,11 +93,18 @@ pub async fn start(
             config.postgres.pool_size
         );
     }
+    let gauges = Health::new(store.clone());
+    let metrics = crate::telemetry::install_metrics()?;
+    let mirror =
+        crate::store::mirror::spawn(&store, config.lmdb.mirror_rate, shutdown.child_token());
+    if let Some((status, _)) = &mirror {
+        gauges.watch_mirror(status.clone());
+    }
     let state = AppState {
         reads: Arc::new(Semaphore::new(cfg.max_concurrent_reads)),
         listings: Arc::new(Semaphore::new(cfg.max_concurrent_listings)),
-        metrics: crate::telemetry::install_metrics()?,
-        gauges: Health::new(store.clone()),
+        metrics,
+        gauges,
         store,
     };
     let app = router(
@@ -121,7 +130,16 @@ pub async fn start(
         "serve: listening"
     );
     let is_tls = tls.is_some();
-    let done = tokio::spawn(server::run(listener, tls, app, limits, shutdown));
+    let server = server::run(listener, tls, app, limits, shutdown);
+    let done = tokio::spawn(async move {
+        server.await;
+        // The mirror's token is a child of the server's: it is stopping too.
+        if let Some((_, task)) = mirror {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the LMDB mirror task failed");
+            }
+        }
+    });
     Ok(Serving {
         addr,
         tls: is_tls,

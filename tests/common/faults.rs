@@ -288,10 +288,28 @@ impl Scenario {
         self.dir.path().join(format!("lmdb-{replica}"))
     }
 
+    /// Waits until each of these replicas' LMDB (their workers running) holds exactly the valid
+    /// set, byte for byte: the LMDB mirror of each worker copies what other replicas stored.
+    pub async fn wait_replicas_complete(&self, replicas: &[&str], produced: &ProduceReport) {
+        let expected = k::expected_valid(&[produced]).by_hash;
+        for r in replicas {
+            let dir = self.replica_lmdb(r);
+            let what = format!(
+                "replica {r}'s LMDB to hold all {} envelopes",
+                expected.len()
+            );
+            k::wait_for(Duration::from_secs(120), &what, || async {
+                (lmdb_blobs(&dir).await == expected).then_some(())
+            })
+            .await;
+        }
+    }
+
     /// The exactness of a group whose replicas have LMDB directories of their own: PostgreSQL holds
     /// exactly the valid set, every blob of every replica's LMDB is a valid envelope byte for byte
     /// (nothing foreign, nothing of a refused message), and the replicas' LMDBs together hold the
-    /// valid set (each holds the batches it wrote; a new replica's gap is PostgreSQL's to fill).
+    /// valid set (each holds the batches it wrote and what its mirror copied while it ran; that
+    /// each running replica becomes complete is [`Scenario::wait_replicas_complete`]).
     pub async fn assert_replicas_exact(&self, replicas: &[&str], produced: &ProduceReport) {
         let expected = k::expected_valid(&[produced]);
         let pg = pg_events(&self.db.url).await;

@@ -11,6 +11,7 @@
 use heed::{PutFlags, RoTxn, WithTls};
 
 use super::{put_new, write_offsets, Dbs, LmdbStore};
+use crate::config::LmdbLayout;
 use crate::partition::Position;
 use crate::store::StoreError;
 
@@ -174,10 +175,14 @@ impl LmdbStore {
         .await
     }
 
-    /// Number of blobs in `events`.
+    /// Number of blobs in the environment's layout (`events` or `blobs`).
     pub async fn len(&self) -> Result<u64, StoreError> {
-        self.read_blocking(move |dbs, rtxn| dbs.events.len(rtxn))
-            .await
+        let layout = self.layout();
+        self.read_blocking(move |dbs, rtxn| match layout {
+            LmdbLayout::Compatible => dbs.events.len(rtxn),
+            LmdbLayout::Append => dbs.blobs.len(rtxn),
+        })
+        .await
     }
 
     pub async fn is_empty(&self) -> Result<bool, StoreError> {

@@ -18,6 +18,12 @@ pub struct MirrorRow {
 }
 
 impl CommitPos {
+    /// After every row.
+    pub const END: CommitPos = CommitPos {
+        txid: i64::MAX,
+        seq: i64::MAX,
+    };
+
     /// The bound "before every row of a transaction at or above `horizon`": rows below it are the
     /// settled ones ([`PgStore::commit_horizon`]).
     pub fn horizon(horizon: i64) -> CommitPos {
