@@ -788,6 +788,19 @@ mod tests {
     }
 
     #[test]
+    fn lmdb_layout_is_optional_and_the_mirror_rate_bounded() {
+        assert_eq!(with_toml("").unwrap().lmdb.layout, None);
+        let append = with_toml("[lmdb]\nlayout = \"append\"").unwrap();
+        assert_eq!(append.lmdb.layout, Some(LmdbLayout::Append));
+        assert_eq!(with_toml("[lmdb]\nmirror_rate = 0").unwrap().lmdb.mirror_rate, 0);
+        let err = with_toml("[lmdb]\nmirror_rate = 2000000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lmdb.mirror_rate"), "{err}");
+        assert!(err.contains("between 0 (off) and 1000000"), "{err}");
+    }
+
+    #[test]
     fn a_dlq_topic_that_is_also_a_source_topic_is_refused() {
         let err = with_toml("[kafka]\ntopics = [\"a\", \"b\"]\ndlq_topic = \"b\"")
             .unwrap_err()
