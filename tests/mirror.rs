@@ -477,3 +477,32 @@ async fn two_processes_mirroring_one_lmdb_leave_it_exact() {
         .unwrap();
     assert_eq!(lmdb_blobs(&lmdb).await, expected);
 }
+
+/// Two workers (replicas with LMDBs of their own) store alternate batches while each one's mirror
+/// runs on its own LMDB, beside its batch writes: both LMDBs end holding the whole store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_writing_their_own_batches_each_end_with_the_whole_store() {
+    let db = TestDb::new().await;
+    let lines = sample_lines();
+    let pg = db.store().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = LmdbStore::open(&lmdb_config(dir_a.path(), None), false)
+        .await
+        .unwrap();
+    let b = LmdbStore::open(&lmdb_config(dir_b.path(), None), false)
+        .await
+        .unwrap();
+    let (mirror_a, mirror_b) = (Running::start(&pg, &a), Running::start(&pg, &b));
+    let (worker_a, worker_b) = (
+        HybridStore::new(pg.clone(), a.clone()),
+        HybridStore::new(pg.clone(), b.clone()),
+    );
+    for (i, chunk) in lines.chunks(50).enumerate() {
+        let worker = if i % 2 == 0 { &worker_a } else { &worker_b };
+        worker.save_batch(&items(chunk)).await.unwrap().committed();
+    }
+    assert_eq!(converged(&db, &a, "replica a complete").await.len(), 2000);
+    assert_eq!(converged(&db, &b, "replica b complete").await.len(), 2000);
+    mirror_a.stop().await;
+    mirror_b.stop().await;
+}

@@ -294,15 +294,45 @@ impl Scenario {
         let expected = k::expected_valid(&[produced]).by_hash;
         for r in replicas {
             let dir = self.replica_lmdb(r);
-            let what = format!(
-                "replica {r}'s LMDB to hold all {} envelopes",
-                expected.len()
-            );
-            k::wait_for(Duration::from_secs(120), &what, || async {
-                (lmdb_blobs(&dir).await == expected).then_some(())
-            })
-            .await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let blobs = lmdb_blobs(&dir).await;
+                if blobs == expected {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let missing = expected.keys().filter(|h| !blobs.contains_key(*h)).count();
+                    let extra = blobs.keys().filter(|h| !expected.contains_key(*h)).count();
+                    let differ = blobs
+                        .iter()
+                        .filter(|(h, b)| expected.get(*h).is_some_and(|e| e != *b))
+                        .count();
+                    panic!(
+                        "replica {r}'s LMDB holds {} blobs, not the {} valid envelopes, after 120 s: {missing} missing, {extra} not valid, {differ} with other bytes; the workers' mirror logs:\n{}",
+                        blobs.len(),
+                        expected.len(),
+                        self.log_lines_with("LMDB mirror")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
+    }
+
+    /// Every line of every process log of the scenario that contains `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.logs.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for l in text.lines().filter(|l| l.contains(needle)) {
+                out.push_str(&format!("{}: {l}\n", e.file_name().to_string_lossy()));
+            }
+        }
+        out
     }
 
     /// The exactness of a group whose replicas have LMDB directories of their own: PostgreSQL holds
