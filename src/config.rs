@@ -792,7 +792,13 @@ mod tests {
         assert_eq!(with_toml("").unwrap().lmdb.layout, None);
         let append = with_toml("[lmdb]\nlayout = \"append\"").unwrap();
         assert_eq!(append.lmdb.layout, Some(LmdbLayout::Append));
-        assert_eq!(with_toml("[lmdb]\nmirror_rate = 0").unwrap().lmdb.mirror_rate, 0);
+        assert_eq!(
+            with_toml("[lmdb]\nmirror_rate = 0")
+                .unwrap()
+                .lmdb
+                .mirror_rate,
+            0
+        );
         let err = with_toml("[lmdb]\nmirror_rate = 2000000")
             .unwrap_err()
             .to_string();

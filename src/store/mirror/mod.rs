@@ -279,6 +279,9 @@ impl Mirror {
         }
         let seen = cursor.max(state.ahead_high);
         let lag = self.pg.count_after_capped(seen, LAG_CAP).await?;
+        if lag == 0 && self.status.lag() != Some(0) {
+            tracing::info!(cursor = ?cursor, "LMDB mirror: caught up, this LMDB holds every row");
+        }
         self.status.set_lag(lag);
         metrics::gauge!(crate::telemetry::names::LMDB_MIRROR_LAG).set(lag as f64);
         state.lag_counted = Some(Instant::now());
@@ -327,10 +330,11 @@ impl Mirror {
             }
             let wanted: Vec<&MirrorRow> = copy.rows.iter().map(|&i| &rows[i]).collect();
             let blobs = self.read_checked(layout, wanted).await?;
-            let (n, _) = self
+            let (n, stored) = self
                 .lmdb
                 .mirror_write(blobs, advance.then_some(copy.cursor))
                 .await?;
+            tracing::debug!(written = n, cursor = ?stored, advance, "LMDB mirror: copied");
             written += n;
         }
         Ok(written)
