@@ -171,7 +171,7 @@ pub struct LmdbConfig {
     /// fsync on every commit (durable). Turning it off trades durability for speed.
     pub sync: bool,
     /// The LMDB mirror (hybrid mode, `ingest` and `serve`): envelopes copied from PostgreSQL per
-    /// second at most (and rows re-checked by its sweep); 0 turns it off.
+    /// second at most (and 10× as many rows checked); 0 turns it off.
     pub mirror_rate: u32,
 }
 
