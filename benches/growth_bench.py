@@ -4,7 +4,8 @@ Does the ingest rate hold while the data outgrows memory? The worker runs inside
 memory cgroup (default 1 GiB: its heap, librdkafka's queue AND the page cache of the LMDB file it
 maps and writes are charged there; PostgreSQL and Kafka run outside it) and ingests a backlog of N
 envelopes (default 5,000,000) produced beforehand, once per LMDB layout, each into a fresh database
-and LMDB. Every second it samples the stored count (the worker's /metrics), the cgroup's memory and
+and LMDB, with the default configuration (verification on; the LMDB mirror on; the append layout,
+a new environment's default, unless "compatible" is the layout measured). Every second it samples the stored count (the worker's /metrics), the cgroup's memory and
 the LMDB file size; it reports the rate over each tenth of the backlog and `last_vs_first` = rate
 over the last 10 % / rate over the first 10 % (issue 6's target: >= 0.5). A layout still running
 after --max-seconds is stopped (SIGTERM) and reported with the tenths it reached.
@@ -95,16 +96,18 @@ def one_layout(layout, topic, count, limit, max_seconds, port, workdir):
     env = {
         "NEKHEBET_POSTGRES__URL": f"{base}/{name}",
         "NEKHEBET_LMDB__PATH": lmdb,
-        "NEKHEBET_LMDB__LAYOUT": layout,
         "NEKHEBET_LMDB__MAP_SIZE": str(1 << 30),
         "NEKHEBET_LMDB__MAX_MAP_SIZE": str(64 << 30),
         "NEKHEBET_KAFKA__TOPICS": f"[{topic}]",
         "NEKHEBET_KAFKA__GROUP_ID": name,
-        "NEKHEBET_VERIFY__ENABLED": "false",
         "NEKHEBET_TELEMETRY__LISTEN": f"127.0.0.1:{port}",
         "NEKHEBET_LOG__LEVEL": "warn",
     }
     run([BIN, "migrate"], env)
+    # Otherwise the default configuration: verification on, the LMDB mirror on, and the layout a
+    # new environment gets (append) unless another one is asked for.
+    if layout != "append":
+        env["NEKHEBET_LMDB__LAYOUT"] = layout
     cg = make_cgroup(f"nekhebet-growth-{layout}", limit)
     procs = os.path.join(cg, "cgroup.procs")
     with open(os.path.join(cg, "memory.max_usage_in_bytes"), "w") as f:

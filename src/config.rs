@@ -165,9 +165,15 @@ pub struct LmdbConfig {
     pub map_size: u64,
     /// Upper bound for growth, in bytes: past it, "map full" is reported as a failure.
     pub max_map_size: u64,
-    pub layout: LmdbLayout,
+    /// Unset: the layout the environment records (a new one: append in hybrid mode, compatible in
+    /// LMDB-only mode; one written by nekhebet-store 4.0: compatible). Set: must be the recorded one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<LmdbLayout>,
     /// fsync on every commit (durable). Turning it off trades durability for speed.
     pub sync: bool,
+    /// The LMDB mirror (hybrid mode, `ingest` and `serve`): envelopes copied from PostgreSQL per
+    /// second at most (and 10× as many rows checked); 0 turns it off.
+    pub mirror_rate: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,8 +314,9 @@ impl Default for Config {
                 path: PathBuf::from("./data/lmdb"),
                 map_size: 1 << 30,
                 max_map_size: 1 << 40,
-                layout: LmdbLayout::Compatible,
+                layout: None,
                 sync: true,
+                mirror_rate: 5_000,
             },
             limits: LimitsConfig {
                 max_message_bytes: 2 * 1024 * 1024,
@@ -460,11 +467,18 @@ impl Config {
                 "a size in bytes ≥ lmdb.map_size",
             ));
         }
-        if self.lmdb.layout == LmdbLayout::Append && self.store.mode != StoreMode::Hybrid {
+        if self.lmdb.layout == Some(LmdbLayout::Append) && self.store.mode != StoreMode::Hybrid {
             return Err(invalid(
                 "lmdb.layout",
                 "\"append\"",
                 "\"compatible\" unless store.mode = \"hybrid\" (the append layout needs PostgreSQL's indexes)",
+            ));
+        }
+        if self.lmdb.mirror_rate > 1_000_000 {
+            return Err(invalid(
+                "lmdb.mirror_rate",
+                self.lmdb.mirror_rate,
+                "envelopes per second between 0 (off) and 1000000",
             ));
         }
         if self.limits.max_message_bytes < 1024 {
@@ -791,6 +805,25 @@ mod tests {
             assert!(err.contains("earliest"), "{err}");
         }
         assert!(with_toml("[kafka.properties]\n\"auto.offset.reset\" = \"earliest\"").is_ok());
+    }
+
+    #[test]
+    fn lmdb_layout_is_optional_and_the_mirror_rate_bounded() {
+        assert_eq!(with_toml("").unwrap().lmdb.layout, None);
+        let append = with_toml("[lmdb]\nlayout = \"append\"").unwrap();
+        assert_eq!(append.lmdb.layout, Some(LmdbLayout::Append));
+        assert_eq!(
+            with_toml("[lmdb]\nmirror_rate = 0")
+                .unwrap()
+                .lmdb
+                .mirror_rate,
+            0
+        );
+        let err = with_toml("[lmdb]\nmirror_rate = 2000000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lmdb.mirror_rate"), "{err}");
+        assert!(err.contains("between 0 (off) and 1000000"), "{err}");
     }
 
     #[test]

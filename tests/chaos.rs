@@ -109,11 +109,19 @@ async fn after_postgres_commits(db_url: &str, topic: &str, n: u32, timeout: Dura
 /// Returns as soon as LMDB's applied offsets of `topic` moved `n` times, polling without
 /// pause, or after `timeout`. Reads the environment the worker writes (LMDB's readers never
 /// block its writer), and closes it before returning.
-async fn after_lmdb_commits(dir: &std::path::Path, topic: &str, n: u32, timeout: Duration) {
+/// `layout` is the worker's: whichever process opens a new environment first records it.
+async fn after_lmdb_commits(
+    dir: &std::path::Path,
+    layout: LmdbLayout,
+    topic: &str,
+    n: u32,
+    timeout: Duration,
+) {
     let mut cfg = nekhebet_store::config::Config::default().lmdb;
     cfg.path = dir.to_path_buf();
     cfg.map_size = 1 << 20;
-    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
+    cfg.layout = Some(layout);
+    let lmdb = nekhebet_store::store::LmdbStore::open_reader(&cfg, false)
         .await
         .expect("open LMDB");
     let partitions: Vec<nekhebet_store::partition::Partition> = k::end_offsets(topic)
@@ -218,7 +226,7 @@ async fn chaos(plan: Plan) {
         plan.layout, plan.per_round, plan.min_kills, plan.need, plan.max_kills
     );
     let mut s = Scenario::new("chaos", 4).await;
-    s.config.lmdb.layout = plan.layout;
+    s.config.lmdb.layout = Some(plan.layout);
     s.config.lmdb.sync = true;
     let started = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xc4a0_5eed);
@@ -281,7 +289,8 @@ async fn chaos(plan: Plan) {
             KillAfter::LmdbCommits(n) => {
                 // The worker opened its stores once it is assigned partitions.
                 f::wait_log(&w, "partition assigned", Duration::from_secs(90)).await;
-                after_lmdb_commits(s.lmdb(), &s.topic, n, Duration::from_secs(60)).await
+                after_lmdb_commits(s.lmdb(), plan.layout, &s.topic, n, Duration::from_secs(60))
+                    .await
             }
         }
         w.crash();

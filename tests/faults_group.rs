@@ -1,7 +1,8 @@
 //! Worker processes in one consumer group: three workers over six partitions with one killed (SIGKILL)
 //! and restarted five times, and workers added under load (cooperative rebalances). Both end with
 //! the exactness checks. Each worker has an LMDB directory of its own, as deployed (one volume per
-//! replica), checked on its own. The tests take a lock: each runs three workers on two cores.
+//! replica), checked on its own: each running replica's becomes complete (its LMDB mirror copies
+//! what the others stored). The tests take a lock: each runs three workers on two cores.
 
 mod common;
 
@@ -44,6 +45,9 @@ async fn three_workers_six_partitions_one_killed_five_times_stores_exactly_the_v
 
     let produced = producing.await.expect("producer task");
     s.wait_committed_to_end(Duration::from_secs(180)).await;
+    // Each replica's mirror copies what the others stored: every LMDB becomes complete.
+    s.wait_replicas_complete(&["a", "b", "victim"], &produced)
+        .await;
     for w in [&mut a, &mut b, &mut victim] {
         w.terminate_ok(s.stop_timeout());
     }
@@ -78,6 +82,7 @@ async fn workers_added_under_load_rebalance_without_loss_or_repeats() {
 
     let produced = producing.await.expect("producer task");
     s.wait_committed_to_end(Duration::from_secs(120)).await;
+    s.wait_replicas_complete(&["1", "2", "3"], &produced).await;
     for w in [&mut first, &mut second, &mut third] {
         w.terminate_ok(s.stop_timeout());
     }
@@ -117,9 +122,11 @@ async fn a_partition_handed_back_keeps_the_offset_its_other_owner_committed() {
     // where B left them (the end), not where A was before B took the partition.
     tokio::time::sleep(Duration::from_secs(11)).await;
     f::assert_committed_equals_end(&s.group, &s.topic);
-    a.terminate_ok(s.stop_timeout());
-    f::assert_committed_equals_end(&s.group, &s.topic);
     let mut both = first.clone();
     both.records.extend(second.records.iter().cloned());
+    // A's mirror copies what B stored before it died.
+    s.wait_replicas_complete(&["a"], &both).await;
+    a.terminate_ok(s.stop_timeout());
+    f::assert_committed_equals_end(&s.group, &s.topic);
     s.assert_replicas_exact(&["a", "b"], &both).await;
 }

@@ -97,12 +97,17 @@ async fn lmdb_map_full_at_its_limit_waits_loudly_commits_nothing_unstored_then_l
     assert!(in_lmdb < produced.valid as usize, "LMDB never filled up");
 
     // Room: the same worker with a larger limit grows the map and stores the rest exactly once,
-    // healing LMDB with the batch PostgreSQL took before LMDB refused it.
+    // healing LMDB with the batch PostgreSQL took before LMDB refused it. The LMDB mirror is off
+    // here: this is the redelivered batch's own heal, which must work without it (the mirror
+    // copies such a batch too, and would often be first: tests/mirror.rs).
     let larger = (256 * MIB).to_string();
     let mut w = s.spawn(
         "worker-256mib",
         &["--until-caught-up"],
-        &[("NEKHEBET_LMDB__MAX_MAP_SIZE", &larger)],
+        &[
+            ("NEKHEBET_LMDB__MAX_MAP_SIZE", &larger),
+            ("NEKHEBET_LMDB__MIRROR_RATE", "0"),
+        ],
     );
     let status = w
         .wait_timeout(Duration::from_secs(180))

@@ -106,7 +106,9 @@ async fn sigterm_under_load_commits_what_it_stored_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_killed_the_other_takes_over() {
     let _serial = SERIAL.lock().await;
-    let s = Scenario::new("ingest-proc", 4).await;
+    let mut s = Scenario::new("ingest-proc", 4).await;
+    // /readyz and /metrics, to read the mirror's lag.
+    s.config.telemetry.listen = "127.0.0.1:0".into();
     let producing = tokio::spawn({
         let topic = s.topic.clone();
         async move { k::produce_at(&topic, 3000, Some(500.0), 0.05, 0.05, 0.05, 23).await }
@@ -137,6 +139,31 @@ async fn two_workers_one_killed_the_other_takes_over() {
         caught_up.is_ok(),
         "the surviving worker did not catch up; its log:\n{}",
         w2.log_text()
+    );
+    // The survivor's LMDB mirror copies what the killed worker stored, and its /readyz and
+    // /metrics say so.
+    s.wait_replicas_complete(&["2"], &produced).await;
+    let addr = w2.metrics_addr().expect("worker 2 serves /readyz");
+    k::wait_for(Duration::from_secs(30), "worker 2's mirror lag 0", || {
+        let ready = f::http_get(&addr, "/readyz").ok();
+        async move {
+            let (status, body) = ready?;
+            let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (status == 200
+                && body == serde_json::json!({"ready": true, "missing": [], "lmdb_mirror_lag_events": 0}))
+            .then_some(())
+        }
+    })
+    .await;
+    let metrics = w2.metrics().expect("worker 2's /metrics");
+    assert_eq!(
+        f::metric_sum(&metrics, "nekhebet_lmdb_mirror_lag_events", &[]),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nekhebet_lmdb_mirror_lag_events"),
+        "{metrics}"
     );
     terminate(&mut w2, &s.config);
     assert!(

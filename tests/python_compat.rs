@@ -57,6 +57,10 @@ fn run_python(py: &Path, mode: &str, url: &str, lmdb: &Path, jsonl: &Path) {
 }
 
 fn ours(args: &[&str], url: &str, lmdb: &Path) -> std::process::Output {
+    ours_with(args, url, lmdb, &[])
+}
+
+fn ours_with(args: &[&str], url: &str, lmdb: &Path, env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nekhebet-store"))
         .args(args)
         .env("NEKHEBET_POSTGRES__URL", url)
@@ -64,6 +68,7 @@ fn ours(args: &[&str], url: &str, lmdb: &Path) -> std::process::Output {
         .env("NEKHEBET_STORE__MODE", "hybrid")
         // The samples were valid when made; judge them without a clock dependency.
         .env("NEKHEBET_VERIFY__ENABLED", "false")
+        .envs(env.iter().copied())
         .output()
         .expect("run nekhebet-store")
 }
@@ -79,7 +84,14 @@ async fn python_reads_what_we_write_and_we_read_what_python_writes() {
     let lmdb = dir.path().join("ours");
     let jsonl = dir.path().join("ours.jsonl");
     std::fs::write(&jsonl, lines[..500].join("\n") + "\n").unwrap();
-    let out = ours(&["import", jsonl.to_str().unwrap()], &db.url, &lmdb);
+    // Python's readers open LMDB themselves: they need the compatible layout (README, Choosing a
+    // layout), which a new environment gets only when asked for.
+    let out = ours_with(
+        &["import", jsonl.to_str().unwrap()],
+        &db.url,
+        &lmdb,
+        &[("NEKHEBET_LMDB__LAYOUT", "compatible")],
+    );
     assert!(
         out.status.success(),
         "import: {}",
@@ -107,6 +119,31 @@ async fn python_reads_what_we_write_and_we_read_what_python_writes() {
         let out = ours(&["get", "--hash", hash], &db2.url, &lmdb2);
         assert_eq!(out.stdout, line.as_bytes(), "bytes of hash {hash}");
     }
+
+    // Its environment has an `events` database and no layout record: it opens compatible (and
+    // keeps it: recorded by the first writer), and asking for the append layout is refused.
+    let out = ours(&["reconcile"], &db2.url, &lmdb2);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("the environment's layout: compatible") && text.contains("missing    0"),
+        "{text}"
+    );
+    let out = ours_with(
+        &["reconcile"],
+        &db2.url,
+        &lmdb2,
+        &[("NEKHEBET_LMDB__LAYOUT", "append")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}: lmdb.layout = \"append\", but this environment was created with the \"compatible\" layout",
+            lmdb2.display()
+        )),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -305,6 +305,8 @@ async fn a_foreign_blob_in_lmdb_is_never_served_and_reconcile_repair_replaces_it
     {
         let mut config = k::worker_config(&db.url, &lmdb_dir, "unused", "unused");
         config.lmdb.map_size = 16 << 20;
+        // Blobs by content hash, where the foreign one is put below.
+        config.lmdb.layout = Some(nekhebet_store::config::LmdbLayout::Compatible);
         let pg = nekhebet_store::store::PgStore::connect(&config.postgres)
             .await
             .unwrap();

@@ -825,12 +825,23 @@ async fn a_foreign_blob_written_beside_the_server_is_never_served() {
     cfg.path = stored.lmdb();
     cfg.map_size = 1 << 20;
     let lmdb = LmdbStore::open(&cfg, false).await.unwrap();
-    lmdb.replace_blobs(vec![(
-        BlobKey::Hash(h.payload_hash.clone()),
-        other.clone().into(),
-    )])
-    .await
-    .unwrap();
+    // Under the key the environment's layout reads the genuine envelope by.
+    let key = match lmdb.layout() {
+        nekhebet_store::config::LmdbLayout::Compatible => BlobKey::Hash(h.payload_hash.clone()),
+        nekhebet_store::config::LmdbLayout::Append => BlobKey::Seq(
+            stored
+                .db
+                .client()
+                .await
+                .query_one("SELECT seq FROM events WHERE id = $1", &[&h.id])
+                .await
+                .unwrap()
+                .get(0),
+        ),
+    };
+    lmdb.replace_blobs(vec![(key, other.clone().into())])
+        .await
+        .unwrap();
     drop(lmdb);
     let r = server.get(&format!("/v1/events/{}", h.id)).await;
     assert_eq!(r.status(), 200);

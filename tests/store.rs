@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::pg::TestDb;
-use nekhebet_store::config::{Config, LmdbConfig};
+use nekhebet_store::config::{Config, LmdbConfig, LmdbLayout};
 use nekhebet_store::envelope::{self, Envelope, Limits};
 use nekhebet_store::ingest::apply::{Applier, Fate, RetryPolicy, Sink};
 use nekhebet_store::partition::{Partition, Position};
 use nekhebet_store::reason::Reason;
-use nekhebet_store::store::{HybridStore, Item, LmdbStore, Outcome, PgStore, Store};
+use nekhebet_store::store::{HybridStore, Item, LmdbStore, Outcome, PgStore, Store, StoreError};
 
 fn sample_lines() -> Vec<String> {
     let path = concat!(
@@ -68,6 +68,14 @@ fn lmdb_config(dir: &std::path::Path, map_size: u64) -> LmdbConfig {
         path: dir.to_path_buf(),
         map_size,
         ..Config::default().lmdb
+    }
+}
+
+/// [`lmdb_config`] creating the environment in the compatible layout (blobs by content hash).
+fn compatible_config(dir: &std::path::Path, map_size: u64) -> LmdbConfig {
+    LmdbConfig {
+        layout: Some(LmdbLayout::Compatible),
+        ..lmdb_config(dir, map_size)
     }
 }
 
@@ -516,7 +524,7 @@ async fn hybrid_reads_back_bytes_and_heals_missing_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let lines = sample_lines();
     let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+    let lmdb = LmdbStore::open(&compatible_config(dir.path(), 1 << 24), false)
         .await
         .unwrap();
     let hybrid = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
@@ -600,7 +608,7 @@ async fn reconcile_finds_missing_orphan_and_differing_blobs_and_repairs_missing_
     let dir = tempfile::tempdir().unwrap();
     let lines = sample_lines();
     let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), 1 << 24), false)
+    let lmdb = LmdbStore::open(&compatible_config(dir.path(), 1 << 24), false)
         .await
         .unwrap();
     let store = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
@@ -765,16 +773,14 @@ async fn the_writer_role_can_ingest_but_cannot_change_history_even_without_trigg
 
 /// A hybrid store in the append layout over the test database and a fresh LMDB in `dir`.
 async fn append_hybrid(db: &TestDb, dir: &std::path::Path) -> (PgStore, LmdbStore, Store) {
-    use nekhebet_store::config::LmdbLayout;
     let pg = db.store().await;
-    let lmdb = LmdbStore::open(&lmdb_config(dir, 1 << 24), false)
-        .await
-        .unwrap();
-    let hybrid = Store::Hybrid(HybridStore::with_layout(
-        pg.clone(),
-        lmdb.clone(),
-        LmdbLayout::Append,
-    ));
+    let cfg = LmdbConfig {
+        layout: Some(LmdbLayout::Append),
+        ..lmdb_config(dir, 1 << 24)
+    };
+    let lmdb = LmdbStore::open(&cfg, false).await.unwrap();
+    assert_eq!(lmdb.layout(), LmdbLayout::Append);
+    let hybrid = Store::Hybrid(HybridStore::new(pg.clone(), lmdb.clone()));
     (pg, lmdb, hybrid)
 }
 
@@ -1033,4 +1039,52 @@ async fn following_in_commit_order_never_misses_a_row_committed_late() {
     assert_eq!(all[..3], first[..]);
     assert_eq!(all[3..], next[..]);
     assert_eq!(store.count_after(cursor).await.unwrap(), 2);
+}
+
+/// An environment keeps the layout it was created with, whatever a later configuration says: a
+/// new one gets the append layout in hybrid mode and the compatible one in LMDB-only mode (which
+/// has no PostgreSQL to look seqs up in); a configured layout that differs from the recorded one
+/// is refused with both named. (An environment written by nekhebet-store 4.0 opens compatible:
+/// tests/python_compat.rs, with the Python package's own.)
+#[tokio::test]
+async fn an_environment_keeps_the_layout_it_was_created_with() {
+    let open = |cfg: LmdbConfig, standalone: bool| async move {
+        LmdbStore::open(&cfg, standalone).await.map(|l| l.layout())
+    };
+    let refusal = |e: StoreError| e.to_string();
+
+    // A new environment in hybrid mode: append, recorded, kept by writers and readers.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lmdb_config(dir.path(), 1 << 20);
+    assert_eq!(cfg.layout, None, "lmdb.layout is unset by default");
+    assert_eq!(open(cfg.clone(), false).await.unwrap(), LmdbLayout::Append);
+    assert_eq!(open(cfg.clone(), false).await.unwrap(), LmdbLayout::Append);
+    let reader = LmdbStore::open_reader(&cfg, false).await.unwrap();
+    assert_eq!(reader.layout(), LmdbLayout::Append);
+    drop(reader);
+    let asked = LmdbConfig {
+        layout: Some(LmdbLayout::Compatible),
+        ..cfg.clone()
+    };
+    let err = refusal(open(asked, false).await.unwrap_err());
+    assert!(
+        err.contains(&format!(
+            "{}: lmdb.layout = \"compatible\", but this environment was created with the \"append\" layout",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+
+    // LMDB-only mode: a new environment is compatible, and stays so when opened in hybrid mode.
+    let alone = tempfile::tempdir().unwrap();
+    let cfg = lmdb_config(alone.path(), 1 << 20);
+    assert_eq!(
+        open(cfg.clone(), true).await.unwrap(),
+        LmdbLayout::Compatible
+    );
+    assert_eq!(
+        open(cfg.clone(), false).await.unwrap(),
+        LmdbLayout::Compatible,
+        "recorded by the LMDB-only open, kept in hybrid mode"
+    );
 }

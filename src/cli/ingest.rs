@@ -31,6 +31,13 @@ pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::p
     let tlog = crate::transparency::Setup::load(config)?;
     let shutdown = shutdown_on_signals();
     let health = crate::telemetry::Health::new(store.clone());
+    // Cancelled when the worker stops, so the process ends with it (the cursor is consistent
+    // between any two of its transactions).
+    let mirror_stop = shutdown.child_token();
+    let mirror = crate::store::mirror::spawn(&store, config.lmdb.mirror_rate, mirror_stop.clone());
+    if let Some((status, _)) = &mirror {
+        health.watch_mirror(status.clone());
+    }
     if !config.telemetry.listen.is_empty() {
         let handle = crate::telemetry::install_metrics()?;
         let addr = crate::telemetry::serve(
@@ -53,9 +60,9 @@ pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::p
         },
         shutdown,
     )
-    .await?;
+    .await;
     if let Some(integrator) = integrator {
-        if args.until_caught_up {
+        if args.until_caught_up && report.is_ok() {
             // What this run stored goes into a published checkpoint before the process ends.
             integrator
                 .finish(std::time::Duration::from_millis(config.shutdown.timeout_ms))
@@ -64,6 +71,11 @@ pub async fn command(args: IngestArgs, config: &Config) -> anyhow::Result<std::p
             integrator.stop().await;
         }
     }
+    mirror_stop.cancel();
+    if let Some((_, task)) = mirror {
+        task.await.context("the LMDB mirror task failed")?;
+    }
+    let report = report?;
     if args.report_json {
         println!("{}", report.to_json());
     } else {

@@ -46,9 +46,10 @@ enum Step {
 pub async fn run(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
     let store = Store::open(config).await.context("opening the store")?;
     let report = reconcile(&store, repair).await?;
-    let keys = match config.lmdb.layout {
-        LmdbLayout::Compatible => "content hashes (lmdb.layout = compatible)",
-        LmdbLayout::Append => "seqs (lmdb.layout = append)",
+    let keys = match store.lmdb().map(|l| l.layout()) {
+        Some(LmdbLayout::Compatible) => "content hashes (the environment's layout: compatible)",
+        Some(LmdbLayout::Append) => "seqs (the environment's layout: append)",
+        None => "-",
     };
     println!("keys       {keys}");
     println!("compared   {}", report.compared);

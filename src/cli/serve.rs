@@ -1,6 +1,7 @@
 //! `nekhebet-store serve`: the HTTP read API as a process — opens the store for reading (LMDB
-//! without writing to it, so it runs beside a worker), serves until SIGINT/SIGTERM, then finishes
-//! the requests in flight (at most `shutdown.timeout_ms`).
+//! without writing to it, so it runs beside a worker; only the LMDB mirror writes, in short
+//! transactions), serves until SIGINT/SIGTERM, then finishes the requests in flight (at most
+//! `shutdown.timeout_ms`).
 
 use std::io::Write as _;
 use std::process::ExitCode;

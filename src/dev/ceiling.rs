@@ -87,7 +87,7 @@ pub async fn run(args: CeilingArgs, config: &Config) -> anyhow::Result<std::proc
             "postgres_rows_per_s": rows / pg_seconds,
             "lmdb_puts_per_s": rows / lmdb_seconds,
             "ceiling_per_s": rows / total,
-            "layout": format!("{:?}", config.lmdb.layout).to_lowercase(),
+            "layout": crate::store::lmdb::layout::name(layout(config)),
         })
     );
     Ok(std::process::ExitCode::SUCCESS)
@@ -103,7 +103,7 @@ fn lmdb_one_txn(config: &Config, envs: &[crate::envelope::Envelope]) -> anyhow::
     let env = unsafe { opts.open(&config.lmdb.path) }?;
     let started = Instant::now();
     let mut wtxn = env.write_txn()?;
-    match config.lmdb.layout {
+    match layout(config) {
         LmdbLayout::Compatible => {
             let db: heed::Database<RawBytes, RawBytes> =
                 env.create_database(&mut wtxn, Some("events"))?;
@@ -131,4 +131,12 @@ fn lmdb_one_txn(config: &Config, envs: &[crate::envelope::Envelope]) -> anyhow::
     }
     wtxn.commit()?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The configured layout, else the one a new hybrid environment gets.
+fn layout(config: &Config) -> LmdbLayout {
+    config
+        .lmdb
+        .layout
+        .unwrap_or(crate::store::lmdb::layout::for_new_environment(false))
 }

@@ -1,7 +1,9 @@
 //! `nekhebet-store serve`: the HTTP read API over the store (axum on hyper, HTTP/1.1, optional
 //! TLS). Runs beside a worker on the same LMDB (it opens LMDB without writing to it, see
 //! [`crate::store::LmdbStore::open_reader`]) or alone, and reads PostgreSQL as a reader
-//! (`nekhebet_reader` is enough).
+//! (`nekhebet_reader` is enough). In hybrid mode it runs the LMDB mirror
+//! ([`crate::store::mirror`]), whose short write transactions are its only writes to LMDB
+//! (`lmdb.mirror_rate = 0`: none).
 //!
 //! | module | owns |
 //! |---|---|
@@ -112,14 +114,21 @@ pub async fn start(
         ));
     }
     let tlog = crate::transparency::Setup::load(config)?;
+    let gauges = Health::new(store.clone());
+    let metrics = crate::telemetry::install_metrics()?;
+    let mirror =
+        crate::store::mirror::spawn(&store, config.lmdb.mirror_rate, shutdown.child_token());
+    if let Some((status, _)) = &mirror {
+        gauges.watch_mirror(status.clone());
+    }
     let state = AppState {
         reads: Arc::new(Semaphore::new(cfg.max_concurrent_reads)),
         listings: Arc::new(Semaphore::new(cfg.max_concurrent_listings)),
         streams: Arc::new(Semaphore::new(cfg.max_concurrent_streams)),
         horizon,
         shutdown: shutdown.clone(),
-        metrics: crate::telemetry::install_metrics()?,
-        gauges: Health::new(store.clone()),
+        metrics,
+        gauges,
         store,
     };
     let (state_store, state_gauges) = (state.store.clone(), state.gauges.clone());
@@ -153,6 +162,12 @@ pub async fn start(
         server.await;
         if let Some(integrator) = integrator {
             integrator.stop().await;
+        }
+        // The mirror's token is a child of the server's: it is stopping too.
+        if let Some((_, task)) = mirror {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the LMDB mirror task failed");
+            }
         }
     });
     Ok(Serving {

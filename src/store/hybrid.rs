@@ -41,17 +41,12 @@ impl PgPhase {
 pub struct HybridStore {
     pg: PgStore,
     lmdb: LmdbStore,
-    layout: LmdbLayout,
 }
 
 impl HybridStore {
-    /// The nekhebet-store 4.0 compatible layout (blobs keyed by content hash).
+    /// Blobs in the layout the LMDB environment records ([`LmdbStore::layout`]).
     pub fn new(pg: PgStore, lmdb: LmdbStore) -> HybridStore {
-        Self::with_layout(pg, lmdb, LmdbLayout::Compatible)
-    }
-
-    pub fn with_layout(pg: PgStore, lmdb: LmdbStore, layout: LmdbLayout) -> HybridStore {
-        HybridStore { pg, lmdb, layout }
+        HybridStore { pg, lmdb }
     }
 
     pub fn pg(&self) -> &PgStore {
@@ -63,7 +58,7 @@ impl HybridStore {
     }
 
     pub fn layout(&self) -> LmdbLayout {
-        self.layout
+        self.lmdb.layout()
     }
 
     /// Both phases, one after the other (tests).
@@ -95,7 +90,7 @@ impl HybridStore {
     /// and the append layout puts a seq below LMDB's last one only if it is absent.
     pub async fn write_lmdb(&self, items: &[Item], phase: &PgPhase) -> Result<(), StoreError> {
         let started = Instant::now();
-        match self.layout {
+        match self.layout() {
             LmdbLayout::Compatible => self.write_compatible(items, &phase.outcomes).await?,
             LmdbLayout::Append => self.write_append(items, phase).await?,
         }

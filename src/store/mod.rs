@@ -12,10 +12,12 @@
 //! | `lmdb` | [`LmdbStore`]: typed heed databases in nekhebet-store 4.0's on-disk layout |
 //! | `hybrid` | [`HybridStore`]: PostgreSQL first, then LMDB, healing what a crash left behind |
 //! | `read` | the one read path of single events (`get`, `serve`): LMDB first, bytes checked |
+//! | `mirror` | [`mirror::Mirror`]: fills a hybrid store's LMDB from PostgreSQL in commit order |
 
 pub mod error;
 pub mod hybrid;
 pub mod lmdb;
+pub mod mirror;
 pub(crate) mod plan;
 pub mod postgres;
 pub mod read;
@@ -135,10 +137,9 @@ impl Store {
         Ok(match config.store.mode {
             StoreMode::Postgres => Store::Postgres(Self::connect_pg(config).await?),
             StoreMode::Lmdb => Store::Lmdb(lmdb(true).await?.with_key_pinning(config.pins_keys())),
-            StoreMode::Hybrid => Store::Hybrid(HybridStore::with_layout(
+            StoreMode::Hybrid => Store::Hybrid(HybridStore::new(
                 Self::connect_pg(config).await?,
                 lmdb(false).await?,
-                config.lmdb.layout,
             )),
         })
     }
@@ -252,6 +253,17 @@ impl Store {
             Store::Postgres(_) => None,
             Store::Lmdb(l) => Some(l),
             Store::Hybrid(h) => Some(h.lmdb()),
+        }
+    }
+
+    /// The LMDB mirror of a hybrid store copying `rate` envelopes a second (`lmdb.mirror_rate`);
+    /// `None` in the other modes (nothing to mirror) or when `rate` is 0 (turned off).
+    pub fn mirror(&self, rate: u32) -> Option<mirror::Mirror> {
+        match self {
+            Store::Hybrid(h) if rate > 0 => {
+                Some(mirror::Mirror::new(h.pg().clone(), h.lmdb().clone(), rate))
+            }
+            Store::Hybrid(_) | Store::Postgres(_) | Store::Lmdb(_) => None,
         }
     }
 }

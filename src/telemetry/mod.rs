@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::store::mirror::MirrorStatus;
 use crate::store::Store;
 
 /// Masks an identifier the way nekhebet-core does in logs (key_id, nonce of a caught replay): the
@@ -80,6 +81,8 @@ pub struct Health {
     /// The transparency log's integrator (a refusal to sign makes the process unready).
     pub tlog: crate::transparency::SharedStatus,
     store: Store,
+    /// The LMDB mirror's status, when this process runs one (a detail of `/readyz`).
+    mirror: std::sync::OnceLock<MirrorStatus>,
 }
 
 impl Health {
@@ -89,7 +92,17 @@ impl Health {
             kafka_problem: Default::default(),
             tlog: Default::default(),
             store,
+            mirror: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reports this mirror's lag in `/readyz` (once; a process runs at most one mirror).
+    pub fn watch_mirror(&self, status: MirrorStatus) {
+        let _ = self.mirror.set(status);
+    }
+
+    pub fn mirror(&self) -> Option<&MirrorStatus> {
+        self.mirror.get()
     }
 
     /// `Ok` when ready; otherwise the list of what is missing.
@@ -148,15 +161,24 @@ pub async fn store_readiness(store: &Store) -> Vec<String> {
     missing
 }
 
-/// `/readyz`'s answer: 200 `{"ready": true, "missing": []}`, or 503 with what is missing.
-pub fn readiness_response(missing: Vec<String>) -> axum::response::Response {
+/// `/readyz`'s answer: 200 `{"ready": true, "missing": []}`, or 503 with what is missing. With an
+/// LMDB mirror running, also `"lmdb_mirror_lag_events"`: the PostgreSQL rows this LMDB does not
+/// hold yet (`null` before the first count). A detail, not a condition: a replica that is still
+/// filling its LMDB serves correct answers (from PostgreSQL where LMDB lacks a blob).
+pub fn readiness_response(
+    missing: Vec<String>,
+    mirror: Option<&MirrorStatus>,
+) -> axum::response::Response {
     let status = if missing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let ready = missing.is_empty();
-    let body = serde_json::json!({ "ready": ready, "missing": missing });
+    let mut body = serde_json::json!({ "ready": ready, "missing": missing });
+    if let Some(m) = mirror {
+        body["lmdb_mirror_lag_events"] = serde_json::json!(m.lag());
+    }
     (status, axum::Json(body)).into_response()
 }
 
@@ -212,7 +234,8 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
-    readiness_response(state.health.readiness().await.err().unwrap_or_default())
+    let missing = state.health.readiness().await.err().unwrap_or_default();
+    readiness_response(missing, state.health.mirror())
 }
 
 #[cfg(test)]

@@ -288,10 +288,58 @@ impl Scenario {
         self.dir.path().join(format!("lmdb-{replica}"))
     }
 
+    /// Waits until each of these replicas' LMDB (their workers running) holds exactly the valid
+    /// set, byte for byte: the LMDB mirror of each worker copies what other replicas stored.
+    pub async fn wait_replicas_complete(&self, replicas: &[&str], produced: &ProduceReport) {
+        let expected = k::expected_valid(&[produced]).by_hash;
+        for r in replicas {
+            let dir = self.replica_lmdb(r);
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let blobs = lmdb_blobs(&dir).await;
+                if blobs == expected {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let missing = expected.keys().filter(|h| !blobs.contains_key(*h)).count();
+                    let extra = blobs.keys().filter(|h| !expected.contains_key(*h)).count();
+                    let differ = blobs
+                        .iter()
+                        .filter(|(h, b)| expected.get(*h).is_some_and(|e| e != *b))
+                        .count();
+                    panic!(
+                        "replica {r}'s LMDB holds {} blobs, not the {} valid envelopes, after 120 s: {missing} missing, {extra} not valid, {differ} with other bytes; the workers' mirror logs:\n{}",
+                        blobs.len(),
+                        expected.len(),
+                        self.log_lines_with("LMDB mirror")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Every line of every process log of the scenario that contains `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.logs.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            for l in text.lines().filter(|l| l.contains(needle)) {
+                out.push_str(&format!("{}: {l}\n", e.file_name().to_string_lossy()));
+            }
+        }
+        out
+    }
+
     /// The exactness of a group whose replicas have LMDB directories of their own: PostgreSQL holds
     /// exactly the valid set, every blob of every replica's LMDB is a valid envelope byte for byte
     /// (nothing foreign, nothing of a refused message), and the replicas' LMDBs together hold the
-    /// valid set (each holds the batches it wrote; a new replica's gap is PostgreSQL's to fill).
+    /// valid set (each holds the batches it wrote and what its mirror copied while it ran; that
+    /// each running replica becomes complete is [`Scenario::wait_replicas_complete`]).
     pub async fn assert_replicas_exact(&self, replicas: &[&str], produced: &ProduceReport) {
         let expected = k::expected_valid(&[produced]);
         let pg = pg_events(&self.db.url).await;
@@ -301,7 +349,7 @@ impl Scenario {
         );
         let mut union = BTreeMap::new();
         for r in replicas {
-            let blobs = lmdb_blobs_any_layout(&self.replica_lmdb(r)).await;
+            let blobs = lmdb_blobs(&self.replica_lmdb(r)).await;
             for (hash, bytes) in &blobs {
                 assert_eq!(
                     expected.by_hash.get(hash),
@@ -562,16 +610,23 @@ pub async fn pg_events(db_url: &str) -> BTreeMap<uuid::Uuid, Vec<u8>> {
         .collect()
 }
 
-/// LMDB's blobs: content hash → envelope bytes. A worker may have the environment open: this
-/// process only reads, and asks for the smallest map (LMDB raises it to the size in use), so it
-/// never records a map size of its own that the worker would have to adopt.
-pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+/// The LMDB at `dir`, opened as `serve` opens it: for reading beside a worker (no write
+/// transaction once its databases exist), asking for the smallest map (LMDB raises it to the size
+/// in use), so it never records a map size of its own that the worker would have to adopt.
+pub async fn open_lmdb(dir: &Path) -> nekhebet_store::store::LmdbStore {
     let mut cfg = Config::default().lmdb;
     cfg.path = dir.to_path_buf();
     cfg.map_size = 1 << 20;
-    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
+    nekhebet_store::store::LmdbStore::open_reader(&cfg, false)
         .await
-        .expect("open LMDB");
+        .expect("open LMDB")
+}
+
+/// LMDB's blobs in whichever layout the environment holds: content hash → envelope bytes (the
+/// append layout keys them by `events.seq`; the hash is read from each envelope's header). A
+/// worker may have the environment open: this process only reads.
+pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let lmdb = open_lmdb(dir).await;
     let mut blobs = BTreeMap::new();
     let mut after = None;
     loop {
@@ -580,19 +635,6 @@ pub async fn lmdb_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         after = Some(last.clone());
         blobs.extend(page);
     }
-    blobs
-}
-
-/// LMDB's blobs in whichever layout the environment holds: content hash → envelope bytes (the
-/// append layout keys them by `events.seq`; the hash is read from each envelope's header).
-pub async fn lmdb_blobs_any_layout(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut blobs = lmdb_blobs(dir).await;
-    let mut cfg = Config::default().lmdb;
-    cfg.path = dir.to_path_buf();
-    cfg.map_size = 1 << 20;
-    let lmdb = nekhebet_store::store::LmdbStore::open(&cfg, false)
-        .await
-        .expect("open LMDB");
     let limits = nekhebet_store::envelope::Limits {
         max_message_bytes: usize::MAX,
     };

@@ -112,14 +112,6 @@ pub fn worker_env(c: &Config) -> Vec<(String, String)> {
             c.lmdb.map_size.to_string(),
         ),
         ("NEKHEBET_LMDB__SYNC".into(), c.lmdb.sync.to_string()),
-        (
-            "NEKHEBET_LMDB__LAYOUT".into(),
-            match c.lmdb.layout {
-                nekhebet_store::config::LmdbLayout::Compatible => "compatible",
-                nekhebet_store::config::LmdbLayout::Append => "append",
-            }
-            .into(),
-        ),
         ("NEKHEBET_KAFKA__BROKERS".into(), c.kafka.brokers.clone()),
         ("NEKHEBET_KAFKA__GROUP_ID".into(), c.kafka.group_id.clone()),
         (
@@ -159,6 +151,14 @@ pub fn worker_env(c: &Config) -> Vec<(String, String)> {
             c.shutdown.timeout_ms.to_string(),
         ),
     ]
+    .into_iter()
+    .chain(c.lmdb.layout.map(|l| {
+        (
+            "NEKHEBET_LMDB__LAYOUT".into(),
+            nekhebet_store::store::lmdb::layout::name(l).into(),
+        )
+    }))
+    .collect()
 }
 
 /// A worker process (`nekhebet-store ingest`). `NEKHEBET_WORKER_BIN` overrides the binary.
@@ -429,7 +429,7 @@ pub async fn assert_stores_hold_exactly(db_url: &str, lmdb_dir: &Path, expected:
         "PostgreSQL events differ from the valid set produced"
     );
 
-    let blobs = super::faults::lmdb_blobs_any_layout(lmdb_dir).await;
+    let blobs = super::faults::lmdb_blobs(lmdb_dir).await;
     assert_eq!(blobs.len(), expected.by_hash.len(), "LMDB blob count");
     assert!(
         blobs == expected.by_hash,

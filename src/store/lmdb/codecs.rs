@@ -8,6 +8,8 @@
 //! | `ids` | [`IdKey`]: the event id's 16 bytes | content hash (text) |
 //! | `guard_claims` (LMDB-only) | `"{key_id}:{nonce}"` (as `replay_guard`) | [`Claim`]: the claiming envelope's SHA-256, then when it was stored (be i64 µs) |
 //! | `key_pins` (LMDB-only) | key_id (text) | [`PublicKeys`]: 32-byte Ed25519 keys, concatenated |
+//! | `meta` | `"layout"` (text) | `"compatible"` or `"append"` (text) |
+//! | `mirror` | `"cursor"` (text) | [`CommitOrder`]: the mirror's place in PostgreSQL's commit order |
 //!
 //! `events` and `replay_guard` are nekhebet-store 4.0's (Python reads them): they stay plain bytes
 //! as Python writes them, with no decoder of ours between them and the reader.
@@ -18,6 +20,7 @@ use heed::{BoxedError, BytesDecode, BytesEncode};
 use uuid::Uuid;
 
 use crate::partition::Partition;
+use crate::store::postgres::CommitPos;
 
 /// A topic partition as `topic \0 partition`, the partition number big-endian (`i32`).
 pub enum PartitionKey {}
@@ -145,6 +148,35 @@ impl<'a> BytesDecode<'a> for PublicKeys {
     }
 }
 
+/// A place in PostgreSQL's commit order: the transaction id, then the seq, each big-endian (`i64`),
+/// 16 bytes.
+pub enum CommitOrder {}
+
+impl<'a> BytesEncode<'a> for CommitOrder {
+    type EItem = CommitPos;
+
+    fn bytes_encode(pos: &'a CommitPos) -> Result<Cow<'a, [u8]>, BoxedError> {
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&pos.txid.to_be_bytes());
+        v.extend_from_slice(&pos.seq.to_be_bytes());
+        Ok(Cow::Owned(v))
+    }
+}
+
+impl<'a> BytesDecode<'a> for CommitOrder {
+    type DItem = CommitPos;
+
+    fn bytes_decode(bytes: &'a [u8]) -> Result<CommitPos, BoxedError> {
+        if bytes.len() != 16 {
+            return Err("a commit position is a be i64 transaction id and a be i64 seq".into());
+        }
+        Ok(CommitPos {
+            txid: i64::from_be_bytes(bytes[..8].try_into()?),
+            seq: i64::from_be_bytes(bytes[8..].try_into()?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +223,18 @@ mod tests {
         assert_eq!(bytes.len(), 64);
         assert_eq!(PublicKeys::bytes_decode(&bytes).unwrap(), keys);
         assert!(PublicKeys::bytes_decode(&bytes[..63]).is_err());
+    }
+
+    #[test]
+    fn commit_positions_are_txid_then_seq_big_endian() {
+        let pos = CommitPos {
+            txid: 0x0102,
+            seq: 0x0304,
+        };
+        let bytes = encode::<CommitOrder>(&pos);
+        assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 3, 4]);
+        assert_eq!(CommitOrder::bytes_decode(&bytes).unwrap(), pos);
+        assert!(CommitOrder::bytes_decode(&bytes[..15]).is_err());
     }
 
     #[test]

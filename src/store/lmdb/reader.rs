@@ -4,17 +4,15 @@
 //!
 //! - [`LmdbStore::open_reader`] opens existing databases in a read transaction: no write
 //!   transaction, so this process never takes the writer's lock nor records a map size of its own
-//!   in the environment. Only databases that do not exist yet (a new environment) are created.
+//!   in the environment. Only databases that do not exist yet (a new environment, or one written by
+//!   an earlier version) are created ([`super::dbs`]).
 //! - A read transaction begun after another process grew the map past this process's mapping
 //!   fails with `MDB_MAP_RESIZED`; the read adopts the new size (`mdb_env_set_mapsize(0)` while no
 //!   transaction of this process is open) and is retried.
 
-use std::sync::{Arc, RwLock};
-
-use heed::{Env, EnvOpenOptions, WithTls};
 use uuid::Uuid;
 
-use super::{page_align, run_blocking, Dbs, Inner, LmdbError, LmdbStore};
+use super::{run_blocking, LmdbStore};
 use crate::config::LmdbConfig;
 use crate::store::{Access, StoreError};
 
@@ -42,19 +40,16 @@ impl LmdbStore {
         standalone: bool,
         access: Access,
     ) -> Result<LmdbStore, StoreError> {
-        match access {
-            Access::Write => Self::open(cfg, standalone).await,
-            Access::Read => Self::open_reader(cfg, standalone).await,
-        }
+        let cfg = cfg.clone();
+        run_blocking(move || Self::open_blocking(&cfg, standalone, access))
+            .await?
+            .map_err(StoreError::Lmdb)
     }
 
     /// Opens the environment at `cfg.path` for reading beside its writer (see the module docs).
     /// `standalone` is LMDB-only mode.
     pub async fn open_reader(cfg: &LmdbConfig, standalone: bool) -> Result<LmdbStore, StoreError> {
-        let cfg = cfg.clone();
-        run_blocking(move || open_reader_blocking(&cfg, standalone))
-            .await?
-            .map_err(StoreError::Lmdb)
+        Self::open_for(cfg, standalone, Access::Read).await
     }
 
     /// The blob kept under `key`.
@@ -94,89 +89,4 @@ impl LmdbStore {
         self.read_blocking(move |dbs, rtxn| Ok(dbs.ids.get(rtxn, &id)?.map(str::to_owned)))
             .await
     }
-}
-
-fn open_reader_blocking(cfg: &LmdbConfig, standalone: bool) -> Result<LmdbStore, LmdbError> {
-    let path = &cfg.path;
-    std::fs::create_dir_all(path)
-        .map_err(|e| LmdbError::Io(format!("creating {}: {e}", path.display())))?;
-    let mut opts = EnvOpenOptions::new();
-    opts.map_size(page_align(cfg.map_size))
-        .max_dbs(8)
-        .max_readers(256);
-    // SAFETY: as in `LmdbStore::open_blocking`: one environment per path in this process, and
-    // other processes change its files only through LMDB.
-    #[allow(unsafe_code)]
-    let env = unsafe { opts.open(path) }?;
-    let dbs = match existing_dbs(&env)? {
-        Some(dbs) => dbs,
-        None => {
-            tracing::info!(path = %path.display(), "LMDB environment lacks databases: creating them");
-            create_dbs(&env)?
-        }
-    };
-    Ok(LmdbStore {
-        inner: Arc::new(Inner {
-            env,
-            dbs,
-            gate: RwLock::new(()),
-            max_map_size: cfg.max_map_size,
-            standalone,
-            pin_keys: false,
-            path: path.clone(),
-        }),
-    })
-}
-
-/// Every database, opened in a read transaction, if they all exist.
-fn existing_dbs(env: &Env<WithTls>) -> Result<Option<Dbs>, heed::Error> {
-    let rtxn = env.read_txn()?;
-    let (
-        Some(blobs),
-        Some(events),
-        Some(replay),
-        Some(ids),
-        Some(offsets),
-        Some(claims),
-        Some(pins),
-    ) = (
-        env.open_database(&rtxn, Some("blobs"))?,
-        env.open_database(&rtxn, Some("events"))?,
-        env.open_database(&rtxn, Some("replay_guard"))?,
-        env.open_database(&rtxn, Some("ids"))?,
-        env.open_database(&rtxn, Some("offsets"))?,
-        env.open_database(&rtxn, Some("guard_claims"))?,
-        env.open_database(&rtxn, Some("key_pins"))?,
-    )
-    else {
-        return Ok(None);
-    };
-    // Committing a read transaction keeps the handles it opened for later transactions.
-    rtxn.commit()?;
-    Ok(Some(Dbs {
-        blobs,
-        events,
-        replay,
-        ids,
-        offsets,
-        claims,
-        pins,
-    }))
-}
-
-/// Every database, created where missing, in one write transaction (the writer's open, and a
-/// reader's of a new environment).
-pub(super) fn create_dbs(env: &Env<WithTls>) -> Result<Dbs, heed::Error> {
-    let mut wtxn = env.write_txn()?;
-    let dbs = Dbs {
-        blobs: env.create_database(&mut wtxn, Some("blobs"))?,
-        events: env.create_database(&mut wtxn, Some("events"))?,
-        replay: env.create_database(&mut wtxn, Some("replay_guard"))?,
-        ids: env.create_database(&mut wtxn, Some("ids"))?,
-        offsets: env.create_database(&mut wtxn, Some("offsets"))?,
-        claims: env.create_database(&mut wtxn, Some("guard_claims"))?,
-        pins: env.create_database(&mut wtxn, Some("key_pins"))?,
-    };
-    wtxn.commit()?;
-    Ok(dbs)
 }

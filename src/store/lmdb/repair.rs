@@ -1,6 +1,7 @@
 //! What `reconcile` needs of LMDB beyond the worker's writes: the blobs in key order whatever the
 //! layout, and repairs that REPLACE a blob (the worker's writes never overwrite one: a blob that
-//! differs from PostgreSQL's is foreign or stale, and PostgreSQL is the authority).
+//! differs from PostgreSQL's is foreign or stale, and PostgreSQL is the authority), and deletions
+//! for fault drills.
 
 use heed::types::Bytes;
 use heed::Database;
@@ -77,6 +78,23 @@ impl LmdbStore {
                 }
             }
             Ok(blobs.len())
+        })
+        .await
+    }
+
+    /// Deletes the blobs under these keys in ONE write transaction; returns how many were there.
+    /// For fault drills and their tests: LMDB is a copy, which the mirror's sweep and
+    /// `reconcile --repair` complete again from PostgreSQL.
+    pub async fn remove_blobs(&self, keys: Vec<BlobKey>) -> Result<usize, StoreError> {
+        self.write_blocking(move |dbs, wtxn| {
+            let mut removed = 0;
+            for key in &keys {
+                removed += usize::from(match key {
+                    BlobKey::Hash(h) => dbs.events.delete(wtxn, h.as_bytes())?,
+                    BlobKey::Seq(seq) => dbs.blobs.delete(wtxn, seq)?,
+                });
+            }
+            Ok(removed)
         })
         .await
     }

@@ -21,6 +21,7 @@
 //! | `write` | [`PgStore::save_batch`]: the batch transaction |
 //! | `read` | lookups, applied offsets, streams |
 //! | `follow` | every row in commit order, none missed ([`CommitPos`], the horizon) |
+//! | `mirror` | the LMDB mirror's reads: rows between two positions with their sizes, its lag |
 //! | `pins` | the key pins as an operator manages them |
 //! | `query` | the read API's queries: events located by id or hash, listings by keyset pages |
 //! | `progress` | the operator tools' reads and resets of the stored offsets |
@@ -33,6 +34,7 @@ mod copy;
 mod error;
 mod follow;
 mod migrate;
+mod mirror;
 mod pins;
 mod progress;
 mod query;
@@ -56,6 +58,7 @@ pub use conninfo::redact_url;
 pub(crate) use copy::{copy_events, copy_guard, next_seqs};
 pub use error::{PgError, PgErrorKind};
 pub use follow::{CommitPos, Followed};
+pub use mirror::MirrorRow;
 pub use pins::Pin;
 pub use query::{ListFilter, ListKey, ListQuery, Listed, Listing, Located};
 pub use stats::{EventCount, TableSizes};
