@@ -137,7 +137,7 @@ impl LmdbStore {
         // one `LmdbStore` per path, and other processes (Python readers) go through LMDB too.
         #[allow(unsafe_code)]
         let env = unsafe { opts.open(path) }?;
-        let (dbs, layout) = dbs::open(&env, cfg.layout, standalone, access)?;
+        let (dbs, layout) = open_dbs_adopting_growth(&env, cfg, standalone, access)?;
         Ok(LmdbStore {
             inner: Arc::new(Inner {
                 env,
@@ -369,6 +369,37 @@ async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))
+}
+
+/// [`dbs::open`], adopting a map another process (the worker beside `serve`) grew between this
+/// process's open and its first transaction: LMDB answers MDB_MAP_RESIZED to every transaction
+/// until the new size is adopted, so a failed open whose next transaction says so is retried after
+/// adopting it (no transaction of this process is open on the new environment yet).
+fn open_dbs_adopting_growth(
+    env: &heed::Env<WithTls>,
+    cfg: &LmdbConfig,
+    standalone: bool,
+    access: Access,
+) -> Result<(Dbs, LmdbLayout), LmdbError> {
+    let mut attempts = 0;
+    loop {
+        let err = match dbs::open(env, cfg.layout, standalone, access) {
+            Ok(opened) => return Ok(opened),
+            Err(e) => e,
+        };
+        attempts += 1;
+        let resized = matches!(
+            env.read_txn().map(drop).map_err(TxnError::from),
+            Err(TxnError::MapResized)
+        );
+        if !resized || attempts >= 10 {
+            return Err(err);
+        }
+        // SAFETY: no transaction of this process is open on `env` (it was just opened, and the
+        // failed attempt's transactions ended with it).
+        #[allow(unsafe_code)]
+        unsafe { env.resize(0) }?;
+    }
 }
 
 #[cfg(test)]
