@@ -1010,7 +1010,22 @@ async fn audit_names_a_changed_envelope_a_changed_blob_and_a_deleted_row_and_pas
     let store = nekhebet_store::store::LmdbStore::open(&cfg, false)
         .await
         .unwrap();
-    let key_of = nekhebet_store::store::lmdb::BlobKey::Hash(hash.clone());
+    // Keyed as the environment's layout keys it (append, the default for a new store: by seq).
+    let key_of = match store.layout() {
+        nekhebet_store::config::LmdbLayout::Compatible => {
+            nekhebet_store::store::lmdb::BlobKey::Hash(hash.clone())
+        }
+        nekhebet_store::config::LmdbLayout::Append => {
+            let seq: i64 = db
+                .client()
+                .await
+                .query_one("SELECT seq FROM events WHERE id = $1", &[&all[200]])
+                .await
+                .unwrap()
+                .get(0);
+            nekhebet_store::store::lmdb::BlobKey::Seq(seq)
+        }
+    };
     let original = store.read_blob(key_of.clone()).await.unwrap().unwrap();
     let mut changed = original.to_vec();
     changed[20] ^= 1;
@@ -1022,7 +1037,7 @@ async fn audit_names_a_changed_envelope_a_changed_blob_and_a_deleted_row_and_pas
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.starts_with(&format!(
-            "changed  blob {hash} of event {} leaf {index}: ",
+            "changed  blob {key_of} of event {} leaf {index}: ",
             all[200]
         )),
         "{stdout}"
