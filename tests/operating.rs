@@ -238,11 +238,13 @@ async fn while_a_worker_runs_status_names_it_as_owner_and_offsets_reset_is_refus
     // The transparency log, integrated by the worker: every stored event a leaf, in a checkpoint.
     let tlog = k::wait_for(
         Duration::from_secs(60),
-        "status: every event in a checkpoint",
+        "status: every event in a checkpoint, the LMDB mirror caught up",
         || async {
             let status: Value = serde_json::from_str(&w.ok(&["status", "--json"])).unwrap();
             let t = status["totals"]["tlog"].clone();
-            (t["checkpoint"]["size"] == 200).then_some(t)
+            // The worker's LMDB mirror confirms every row in its LMDB: nothing behind.
+            (t["checkpoint"]["size"] == 200 && status["totals"]["lmdb_mirror_behind"] == 0)
+                .then_some(t)
         },
     )
     .await;
@@ -255,7 +257,8 @@ async fn while_a_worker_runs_status_names_it_as_owner_and_offsets_reset_is_refus
     );
     assert!(
         w.ok(&["status"])
-            .contains("log 200 leaves, 0 to integrate, checkpoint 200"),
+            .contains("log 200 leaves, 0 to integrate, checkpoint 200")
+            && w.ok(&["status"]).contains("mirror behind 0"),
         "{}",
         w.ok(&["status"])
     );

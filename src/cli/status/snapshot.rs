@@ -8,6 +8,7 @@ use crate::cli::positions::{PartitionRow, Probe};
 use crate::config::Config;
 use crate::kafka::group::Member;
 use crate::store::postgres::{tlog, CommitPos, EventCount, PgError, PgStore, TableSizes};
+use crate::store::LmdbStore;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -42,6 +43,10 @@ pub struct Totals {
     pub lmdb: Option<LmdbSizes>,
     /// The transparency log; `null` when `tlog.enabled` is false (or PostgreSQL did not answer).
     pub tlog: Option<TlogStatus>,
+    /// Hybrid mode with the LMDB mirror on: PostgreSQL rows after the mirror's stored cursor in
+    /// this LMDB (an upper bound of what it lacks; a running process's
+    /// `nekhebet_lmdb_mirror_lag_events` also counts the rows it copied ahead); `null` otherwise.
+    pub lmdb_mirror_behind: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -151,6 +156,7 @@ impl Collector {
             postgres: None,
             lmdb: None,
             tlog: None,
+            lmdb_mirror_behind: None,
         };
         let Ok(store) = self.probe.store() else {
             return totals; // reported with the partitions
@@ -168,6 +174,14 @@ impl Collector {
                 match tlog_status(pg).await {
                     Ok(t) => totals.tlog = Some(t),
                     Err(e) => problems.push(format!("PostgreSQL: the transparency log: {e}")),
+                }
+            }
+        }
+        if let (Some(pg), Some(lmdb)) = (store.postgres(), store.lmdb()) {
+            if config.lmdb.mirror_rate > 0 {
+                match mirror_behind(pg, lmdb).await {
+                    Ok(n) => totals.lmdb_mirror_behind = Some(n),
+                    Err(e) => problems.push(format!("the LMDB mirror's position: {e}")),
                 }
             }
         }
@@ -198,6 +212,11 @@ impl Collector {
         }
         totals
     }
+}
+
+async fn mirror_behind(pg: &PgStore, lmdb: &LmdbStore) -> anyhow::Result<i64> {
+    let cursor = lmdb.mirror_cursor().await?.unwrap_or(CommitPos::START);
+    Ok(pg.count_after(cursor).await?)
 }
 
 async fn tlog_status(pg: &PgStore) -> Result<TlogStatus, PgError> {

@@ -53,6 +53,9 @@ pub fn sizes_line(s: &Snapshot) -> String {
             bytes(l.used_bytes)
         ));
     }
+    if let Some(n) = s.totals.lmdb_mirror_behind {
+        parts.push(format!("mirror behind {n}"));
+    }
     if parts.is_empty() {
         "sizes -".into()
     } else {
