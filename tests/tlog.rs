@@ -1201,3 +1201,66 @@ async fn the_integrator_killed_mid_step_continues_with_no_leaf_lost_or_duplicate
         Ok(())
     );
 }
+
+/// An event that is stored but not yet in a checkpoint (its transaction committed while an
+/// earlier one of the same database stays open, so the integrator may not pass it yet): its proof
+/// is a 404 `not_yet_logged` with `Retry-After`, then, once the earlier transaction ended, a
+/// proof against a checkpoint that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_event_not_yet_in_a_checkpoint_has_no_proof_yet_then_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    signing_key_file(&key);
+    let token = "tlog-unlogged-token";
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let lines = sample_lines();
+    store
+        .save_batch(&items(&lines[..10]))
+        .await
+        .unwrap()
+        .committed();
+    let server = Server::start(&db.url, dir.path(), &key, &digest);
+    wait_checkpoint(&server, token, 10).await;
+
+    // An open transaction that wrote (it has a transaction id): the horizon stays below it.
+    let (mut held, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let open = held.transaction().await.unwrap();
+    open.execute(
+        "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
+         VALUES ($1, 'test.held', now(), 'test', 'held', '\\x7b7d')",
+        &[&uuid::Uuid::new_v4()],
+    )
+    .await
+    .unwrap();
+    store
+        .save_batch(&items(&lines[10..11]))
+        .await
+        .unwrap()
+        .committed();
+    let id = envelope::decode(Bytes::from(lines[10].clone()), &Limits::default())
+        .unwrap()
+        .header
+        .id;
+    let path = format!("/v1/events/{id}/proof");
+    let (status, headers, body) = get(&server, Some(token), &path).await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!(
+            r#"{{"error":"not_yet_logged","detail":"event {id} is stored but not yet in the log: retry in a second"}}"#
+        )
+    );
+
+    open.rollback().await.unwrap();
+    wait_checkpoint(&server, token, 11).await;
+    let (status, _, body) = get(&server, Some(token), &path).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let proof: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(proof["index"], 10);
+}
