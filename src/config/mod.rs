@@ -443,7 +443,9 @@ mod tests {
     use super::*;
     use figment::providers::Toml;
 
-    fn with_toml(toml: &str) -> Result<Config, ConfigError> {
+    /// The defaults with `toml` merged over them, as `load` would read a file (also for the
+    /// section modules' tests).
+    pub(super) fn with_toml(toml: &str) -> Result<Config, ConfigError> {
         Config::from_figment(
             Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
         )

@@ -100,15 +100,7 @@ impl TlogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use figment::providers::{Format, Serialized, Toml};
-    use figment::Figment;
-
-    fn with_toml(toml: &str) -> Result<Config, ConfigError> {
-        Config::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
-        )
-    }
+    use crate::config::tests::with_toml;
 
     #[test]
     fn tlog_is_on_by_default_and_checked_naming_the_key() {
