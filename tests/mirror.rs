@@ -10,47 +10,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::pg::TestDb;
+use common::samples::{decode, items, sample_lines};
 use common::Committed;
 use nekhebet_store::config::{Config, LmdbConfig, LmdbLayout};
-use nekhebet_store::envelope::{self, Envelope, Limits};
 use nekhebet_store::store::lmdb::BlobKey;
 use nekhebet_store::store::mirror::{Mirror, MirrorStatus};
-use nekhebet_store::store::{HybridStore, Item, LmdbStore, PgStore};
+use nekhebet_store::store::{HybridStore, LmdbStore, PgStore};
 use tokio_util::sync::CancellationToken;
-
-fn sample_lines() -> Vec<String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelopes-2000.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .expect("tests/data/envelopes-2000.jsonl (scripts/make-test-data)")
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn decode(line: &str) -> Envelope {
-    envelope::decode(
-        Bytes::from(line.to_string()),
-        &Limits {
-            max_message_bytes: 2 << 20,
-        },
-    )
-    .expect("sample decodes")
-}
-
-fn items(lines: &[String]) -> Vec<Item> {
-    lines
-        .iter()
-        .map(|l| Item {
-            envelope: decode(l),
-            pos: None,
-        })
-        .collect()
-}
 
 fn lmdb_config(dir: &Path, layout: Option<LmdbLayout>) -> LmdbConfig {
     LmdbConfig {

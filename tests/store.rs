@@ -7,44 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::pg::TestDb;
+use common::samples::{decode, items, sample_lines};
 use nekhebet_store::config::{Config, LmdbConfig, LmdbLayout};
-use nekhebet_store::envelope::{self, Envelope, Limits};
 use nekhebet_store::ingest::apply::{Applier, Fate, RetryPolicy, Sink};
 use nekhebet_store::partition::{Partition, Position};
 use nekhebet_store::reason::Reason;
 use nekhebet_store::store::{HybridStore, Item, LmdbStore, Outcome, PgStore, Store, StoreError};
-
-fn sample_lines() -> Vec<String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelopes-2000.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .expect("tests/data/envelopes-2000.jsonl (scripts/make-test-data)")
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn decode(line: &str) -> Envelope {
-    envelope::decode(
-        Bytes::from(line.to_string()),
-        &Limits {
-            max_message_bytes: 2 << 20,
-        },
-    )
-    .expect("sample decodes")
-}
-
-fn items(lines: &[String]) -> Vec<Item> {
-    lines
-        .iter()
-        .map(|l| Item {
-            envelope: decode(l),
-            pos: None,
-        })
-        .collect()
-}
 
 /// The same envelope with some header fields replaced (stores do not verify signatures).
 fn with_header(line: &str, changes: &[(&str, &str)]) -> String {

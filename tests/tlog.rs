@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::pg::TestDb;
+use common::samples::{items, sample_lines};
 use common::worker::cli;
 use common::Committed;
 use nekhebet_store::envelope::{self, Limits};
-use nekhebet_store::store::{Item, PgStore};
+use nekhebet_store::store::PgStore;
 use nekhebet_store::tlog::{
     append_stored_hashes, check_consistency, check_inclusion, encode_entry_bundle, envelope_entry,
     leaf_hash, read_tile, tree_hash, Checkpoint, Hash, NoteSigner, NoteVerifier, Tile,
@@ -23,34 +24,6 @@ use nekhebet_store::transparency::{integrator, Handle, Setup, SharedStatus, Stat
 use tokio_util::sync::CancellationToken;
 
 const ORIGIN: &str = "example.com/nekhebet-test";
-
-fn sample_lines() -> Vec<String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelopes-2000.jsonl"
-    );
-    std::fs::read_to_string(path)
-        .expect("tests/data/envelopes-2000.jsonl (scripts/make-test-data)")
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn items(lines: &[String]) -> Vec<Item> {
-    lines
-        .iter()
-        .map(|l| Item {
-            envelope: envelope::decode(
-                Bytes::from(l.clone()),
-                &Limits {
-                    max_message_bytes: 2 << 20,
-                },
-            )
-            .expect("sample decodes"),
-            pos: None,
-        })
-        .collect()
-}
 
 fn signer() -> NoteSigner {
     NoteSigner::from_seed(ORIGIN, &[42; 32]).unwrap()

@@ -4,6 +4,7 @@
 pub mod faults;
 pub mod kafka;
 pub mod pg;
+pub mod samples;
 pub mod worker;
 
 /// A save the test knows nothing in is refused: its outcomes.
