@@ -54,7 +54,8 @@ async fn three_workers_six_partitions_one_killed_five_times_stores_exactly_the_v
     f::assert_committed_equals_end(&s.group, &s.topic);
     s.assert_replicas_exact(&["a", "b", "victim"], &produced)
         .await;
-    let repeats = f::assert_dlq_is_the_poison_set(&s.topic, &produced, s.config.verify.enabled);
+    let repeats =
+        common::dlq::assert_holds_exactly_the_poison(&s.topic, &produced, s.config.verify.enabled);
     eprintln!("DLQ repeats: {repeats}");
 }
 
@@ -90,7 +91,8 @@ async fn workers_added_under_load_rebalance_without_loss_or_repeats() {
     // poison message is dead-lettered twice.
     f::assert_committed_equals_end(&s.group, &s.topic);
     s.assert_replicas_exact(&["1", "2", "3"], &produced).await;
-    let repeats = f::assert_dlq_is_the_poison_set(&s.topic, &produced, s.config.verify.enabled);
+    let repeats =
+        common::dlq::assert_holds_exactly_the_poison(&s.topic, &produced, s.config.verify.enabled);
     assert_eq!(repeats, 0, "a poison message was dead-lettered twice");
 }
 

@@ -17,14 +17,11 @@ use common::pg::TestDb;
 use ed25519_dalek::SigningKey;
 use nekhebet_store::dev::signing::{sign, sign_with_extras, EnvelopeSpec, HeaderExtras};
 use nekhebet_store::envelope::Limits;
-use nekhebet_store::ingest::{self, IngestOptions};
 use nekhebet_store::reason::Reason;
-use nekhebet_store::store::Store;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 /// What must become of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -523,23 +520,8 @@ async fn every_hostile_message_is_dead_lettered_with_its_reason_and_the_rest_is_
     let publish_done = started.elapsed();
 
     let config = k::worker_config(&db.url, lmdb.path(), &topic, &group);
-    let store = Store::open(&config).await.expect("open store");
     let ingest_started = Instant::now();
-    let report = tokio::time::timeout(
-        Duration::from_secs(120),
-        ingest::run(
-            &config,
-            store,
-            IngestOptions {
-                until_caught_up: true,
-                ..IngestOptions::default()
-            },
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("the worker stalled: not caught up within 120 s")
-    .expect("the worker failed");
+    let report = k::ingest_until_caught_up(&config).await;
     let ingest_took = ingest_started.elapsed();
 
     // What the DLQ says, by source offset.

@@ -6,32 +6,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::faults::Scenario;
 use common::kafka as k;
-use common::pg::TestDb;
-use nekhebet_store::config::Config;
 use nekhebet_store::dev::produce::{Kind, ProduceReport};
 use nekhebet_store::ingest::{self, IngestOptions, IngestReport};
 use nekhebet_store::store::Store;
 use tokio_util::sync::CancellationToken;
-
-async fn ingest_until_caught_up(config: &Config) -> IngestReport {
-    let store = Store::open(config).await.expect("open store");
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        ingest::run(
-            config,
-            store,
-            IngestOptions {
-                until_caught_up: true,
-                ..IngestOptions::default()
-            },
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("ingest did not catch up within 120 s")
-    .expect("ingest")
-}
 
 fn assert_report_matches(report: &IngestReport, produced: &ProduceReport) {
     assert_eq!(report.consumed, produced.sent, "consumed: {report:#?}");
@@ -61,44 +41,20 @@ fn assert_committed_to_the_end(group: &str, topic: &str) {
     );
 }
 
-struct Setup {
-    db: TestDb,
-    lmdb: tempfile::TempDir,
-    topic: String,
-    group: String,
-    config: Config,
-}
-
-async fn setup(partitions: i32) -> Setup {
-    let db = TestDb::new().await;
-    let lmdb = tempfile::tempdir().expect("tempdir");
-    let topic = k::random_name("ingest-test");
-    let group = k::random_name("ingest-group");
-    k::create_topic(&topic, partitions).await;
-    let config = k::worker_config(&db.url, lmdb.path(), &topic, &group);
-    Setup {
-        db,
-        lmdb,
-        topic,
-        group,
-        config,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_stores_every_envelope_byte_exact() {
-    let s = setup(3).await;
+    let s = Scenario::new("ingest-test", 3).await;
     // More messages than the worker's record queue holds, so back-pressure (and pausing) is
     // exercised, not only the fast path.
     let produced = k::produce(&s.topic, 3000, 0.0, 0.0, 0.0, 11).await;
     assert_eq!(produced.valid, 3000);
 
-    let report = ingest_until_caught_up(&s.config).await;
+    let report = k::ingest_until_caught_up(&s.config).await;
     assert_report_matches(&report, &produced);
     assert!(report.batches_committed >= 4, "{report:#?}");
 
     let expected = k::expected_valid(&[&produced]);
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &expected).await;
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &expected).await;
     assert_committed_to_the_end(&s.group, &s.topic);
 
     // Through the hybrid read path too.
@@ -113,17 +69,17 @@ async fn happy_path_stores_every_envelope_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_replays_and_poison_are_counted_and_poison_goes_to_the_dlq_with_headers() {
-    let s = setup(4).await;
+    let s = Scenario::new("ingest-test", 4).await;
     let produced = k::produce(&s.topic, 800, 0.1, 0.1, 0.1, 12).await;
     assert!(
         produced.duplicates > 20 && produced.replays > 20 && produced.poison > 20,
         "{produced}"
     );
 
-    let report = ingest_until_caught_up(&s.config).await;
+    let report = k::ingest_until_caught_up(&s.config).await;
     assert_report_matches(&report, &produced);
     assert_eq!(report.dlq_published, produced.poison);
-    k::assert_stores_hold_exactly(&s.db.url, s.lmdb.path(), &k::expected_valid(&[&produced])).await;
+    k::assert_stores_hold_exactly(&s.db.url, s.lmdb(), &k::expected_valid(&[&produced])).await;
     assert_committed_to_the_end(&s.group, &s.topic);
 
     // replay_guard: one row per valid and per duplicate envelope.
@@ -180,9 +136,9 @@ async fn duplicates_replays_and_poison_are_counted_and_poison_goes_to_the_dlq_wi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_messages_are_counted_and_heal_a_fresh_lmdb() {
-    let s = setup(2).await;
+    let s = Scenario::new("ingest-test", 2).await;
     let produced = k::produce(&s.topic, 300, 0.1, 0.1, 0.05, 13).await;
-    let first = ingest_until_caught_up(&s.config).await;
+    let first = k::ingest_until_caught_up(&s.config).await;
     assert_report_matches(&first, &produced);
 
     // A new group and an empty LMDB: the hybrid store's applied offsets are LMDB's (none), so the
@@ -196,7 +152,7 @@ async fn redelivered_messages_are_counted_and_heal_a_fresh_lmdb() {
         &k::random_name("ingest-group"),
     );
     config.batch.max_records = 64;
-    let second = ingest_until_caught_up(&config).await;
+    let second = k::ingest_until_caught_up(&config).await;
     assert_eq!(second.consumed, produced.sent, "{second:#?}");
     // Every message was decided when it was read the first time, the poison included (it was
     // dead-lettered then): all of them are redelivered now, and nothing is dead-lettered twice.
@@ -206,14 +162,16 @@ async fn redelivered_messages_are_counted_and_heal_a_fresh_lmdb() {
         0,
         "{second:#?}"
     );
-    k::assert_dlq_holds_exactly_the_poison(&s.topic, &produced, false);
+    let repeats =
+        common::dlq::assert_holds_exactly_the_poison(&s.topic, &produced, s.config.verify.enabled);
+    assert_eq!(repeats, 0, "dead-lettered twice");
     k::assert_stores_hold_exactly(&s.db.url, lmdb2.path(), &k::expected_valid(&[&produced])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_database_refuses_is_isolated_and_dead_lettered_the_rest_stored() {
     use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
-    let s = setup(1).await;
+    let s = Scenario::new("ingest-test", 1).await;
     let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let spec = |i: u64, source: &str| EnvelopeSpec {
         event_type: "omen.observed".into(),
@@ -249,7 +207,7 @@ async fn a_message_the_database_refuses_is_isolated_and_dead_lettered_the_rest_s
     let mut config = s.config.clone();
     config.batch.max_records = 60;
     config.batch.linger_ms = 500;
-    let report = ingest_until_caught_up(&config).await;
+    let report = k::ingest_until_caught_up(&config).await;
     assert_eq!(report.consumed, 60, "{report:#?}");
     assert_eq!(report.stored, 59, "{report:#?}");
     assert_eq!(
@@ -275,7 +233,7 @@ async fn a_message_the_database_refuses_is_isolated_and_dead_lettered_the_rest_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_the_token_finishes_in_flight_work_commits_and_returns() {
-    let s = setup(2).await;
+    let s = Scenario::new("ingest-test", 2).await;
     let produced = k::produce(&s.topic, 500, 0.0, 0.0, 0.05, 14).await;
     let store = Store::open(&s.config).await.expect("open store");
     let token = CancellationToken::new();

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::pg::TestDb;
-use common::samples::{decode, items, sample_lines};
+use common::pg::{EventRow, TestDb};
+use common::samples::{items, sample_lines};
 use common::Committed;
 use nekhebet_store::config::{Config, LmdbConfig, LmdbLayout};
 use nekhebet_store::store::lmdb::BlobKey;
@@ -254,46 +254,15 @@ async fn a_row_committed_out_of_seq_order_is_mirrored() {
         .await
         .unwrap()
         .committed();
-    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
-                  VALUES ($1, $2, now(), $3, $4, $5) RETURNING seq";
-    let row = |line: &str| {
-        let h = decode(line).header;
-        (
-            h.id,
-            h.event_type,
-            h.source,
-            h.payload_hash,
-            line.as_bytes().to_vec(),
-        )
-    };
-    let (low_row, high_row) = (row(&lines[3]), row(&lines[4]));
-    let (mut early, mut late) = (db.client().await, db.client().await);
-    let t1 = early.transaction().await.unwrap();
-    let low: i64 = t1
-        .query_one(
-            insert,
-            &[&low_row.0, &low_row.1, &low_row.2, &low_row.3, &low_row.4],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let t2 = late.transaction().await.unwrap();
-    let high: i64 = t2
-        .query_one(
-            insert,
-            &[
-                &high_row.0,
-                &high_row.1,
-                &high_row.2,
-                &high_row.3,
-                &high_row.4,
-            ],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let t1 = db
+        .insert_held(&EventRow::of_envelope(lines[3].as_bytes()))
+        .await;
+    let t2 = db
+        .insert_held(&EventRow::of_envelope(lines[4].as_bytes()))
+        .await;
+    let (low, high) = (t1.seq, t2.seq);
     assert!(low < high);
-    t2.commit().await.unwrap();
+    t2.commit().await;
 
     let lmdb = LmdbStore::open(&lmdb_config(dir.path(), None), false)
         .await
@@ -316,7 +285,7 @@ async fn a_row_committed_out_of_seq_order_is_mirrored() {
     let cursor = lmdb.mirror_cursor().await.unwrap();
     assert!(cursor.is_none_or(|c| c.seq < low), "{cursor:?}");
 
-    t1.commit().await.unwrap();
+    t1.commit().await;
     let expected = converged(&db, &lmdb, "both late rows mirrored").await;
     assert_eq!(expected.len(), 5);
     assert_eq!(

@@ -7,16 +7,15 @@
 mod common;
 
 use common::Committed;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::faults::Scenario;
 use common::kafka as k;
 use common::pg::TestDb;
 use common::worker::{
     cli_on, ingest_until_caught_up, nonce, publish, rejected, summary_count, Producer,
 };
-use nekhebet_store::config::Config;
 use nekhebet_store::envelope::{self, Limits};
 use nekhebet_store::partition::Position;
 use nekhebet_store::store::{Item, Outcome};
@@ -37,46 +36,6 @@ fn item(bytes: &[u8]) -> Item {
 fn at(mut item: Item, topic: &str, partition: i32, offset: i64) -> Item {
     item.pos = Some(Position::new(topic, partition, offset));
     item
-}
-
-struct Setup {
-    db: TestDb,
-    lmdb: tempfile::TempDir,
-    topic: String,
-    config: Config,
-}
-
-async fn setup(partitions: i32) -> Setup {
-    let db = TestDb::new().await;
-    let lmdb = tempfile::tempdir().expect("tempdir");
-    let topic = k::random_name("outcomes");
-    let group = k::random_name("outcomes-group");
-    k::create_topic(&topic, partitions).await;
-    let config = k::worker_config(&db.url, lmdb.path(), &topic, &group);
-    Setup {
-        db,
-        lmdb,
-        topic,
-        config,
-    }
-}
-
-/// Dead letters of `topic` by source offset: (reason, value).
-fn dead_letters(topic: &str) -> BTreeMap<(i32, i64), (String, Vec<u8>)> {
-    k::read_all(&format!("{topic}.dlq"))
-        .into_iter()
-        .map(|m| {
-            let p: i32 = m.headers["nekhebet.source.partition"].parse().unwrap();
-            let o: i64 = m.headers["nekhebet.source.offset"].parse().unwrap();
-            (
-                (p, o),
-                (
-                    m.headers["nekhebet.reason"].clone(),
-                    m.value.unwrap_or_default(),
-                ),
-            )
-        })
-        .collect()
 }
 
 async fn scalar(db: &TestDb, sql: &str) -> i64 {
@@ -157,7 +116,7 @@ async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
 /// reason (`id_conflict`), across batches and within one, and burns no nonce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
-    let s = setup(1).await;
+    let s = Scenario::new("outcomes", 1).await;
     let mut p = Producer::new("id-reuser", 12);
     let a = p.next_spec();
     publish(&s.topic, &[(b"k".to_vec(), p.sign(&a))], None).await;
@@ -196,7 +155,7 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
         "{report:#?}"
     );
     assert_eq!(rejected(&report, "id_conflict"), 2, "{report:#?}");
-    let dlq = dead_letters(&s.topic);
+    let dlq = common::dlq::by_position(&s.topic);
     assert_eq!(dlq.len(), 2);
     assert_eq!(dlq[&positions[0]], ("id_conflict".into(), b_bytes));
     assert_eq!(dlq[&positions[2]], ("id_conflict".into(), d_bytes));
@@ -212,7 +171,6 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
             .unwrap()
             .get(0);
     assert_eq!(burned, 0);
-    let _ = &s.lmdb;
 }
 
 /// Kafka producers without idempotence resend a message on a retry: the same bytes at another
@@ -220,7 +178,7 @@ async fn an_id_reused_with_another_payload_is_dead_lettered_as_id_conflict() {
 /// dead-lettered or stored twice. A replay is a (key_id, nonce) reused by a *different* envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_where_every_message_is_published_twice_stores_each_once_with_no_replay() {
-    let s = setup(2).await;
+    let s = Scenario::new("outcomes", 2).await;
     let mut p = Producer::new("retrier", 13);
     let mut messages = Vec::new();
     let mut later = Vec::new();
@@ -324,7 +282,7 @@ async fn importing_what_is_already_stored_reports_redelivered_not_replay() {
 /// victim's genuine next envelope is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_cannot_burn_a_producers_next_nonce_without_a_key_registry() {
-    let s = setup(1).await;
+    let s = Scenario::new("outcomes", 1).await;
     let mut victim = Producer::new("victim", 21);
     let mut impostor = Producer::new("victim", 66);
     publish(&s.topic, &[(b"v".to_vec(), victim.next())], None).await;
@@ -354,12 +312,11 @@ async fn an_impostor_cannot_burn_a_producers_next_nonce_without_a_key_registry()
         "{report:#?}"
     );
     assert_eq!(rejected(&report, "key_id_mismatch"), 2, "{report:#?}");
-    let dlq = dead_letters(&s.topic);
+    let dlq = common::dlq::by_position(&s.topic);
     assert_eq!(dlq[&positions[0]], ("key_id_mismatch".into(), fresh));
     assert_eq!(dlq[&positions[1]], ("key_id_mismatch".into(), stolen));
     assert_eq!(dlq.len(), 2);
     assert_eq!(scalar(&s.db, "SELECT count(*) FROM events").await, 3);
-    let _ = &s.lmdb;
 }
 
 /// Replay-guard retention cannot open the window wide: a cutoff below the configured retention is

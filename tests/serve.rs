@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::pg::TestDb;
+use common::pg::{EventRow, TestDb};
 use common::worker::{cli_on, import_file, Producer};
 use nekhebet_store::envelope::{decode, Limits};
 use nekhebet_store::store::lmdb::BlobKey;
@@ -813,8 +813,9 @@ async fn tls_serves_a_client_that_trusts_the_certificate_and_refuses_plain_http(
     );
 }
 
-/// A foreign blob in LMDB (written by another process while `serve` runs) is never served: the
-/// read falls back to PostgreSQL's bytes and the failure is counted.
+/// A foreign blob in LMDB (written by another process while `serve` runs) is never served, neither
+/// by `GET /v1/events/{id}` nor by the stream: the read falls back to PostgreSQL's bytes and the
+/// failure is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_blob_written_beside_the_server_is_never_served() {
     let case = sample_served(&[]).await;
@@ -863,6 +864,29 @@ async fn a_foreign_blob_written_beside_the_server_is_never_served() {
         server.log_text().contains("fails its check"),
         "{}",
         server.log_text()
+    );
+
+    // The stream reads a page at once: the same policy, PostgreSQL's copy in the blob's place.
+    let mut stream = Sse::open(server, "/v1/stream?from=0", None).await;
+    let all = stream.take(2000).await;
+    assert_eq!(all, stored.commit_order().await, "the stored bytes only");
+    assert!(all.iter().any(|(_, bytes)| bytes == genuine));
+    assert_eq!(
+        all.iter().filter(|(_, bytes)| bytes == other).count(),
+        1,
+        "the foreign blob was sent in the genuine envelope's place"
+    );
+    assert_eq!(
+        server
+            .metric("nekhebet_read_check_failures_total", &[("store", "lmdb")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        server
+            .metric("nekhebet_hybrid_lmdb_fallbacks_total", &[])
+            .await,
+        2.0
     );
 }
 
@@ -1146,48 +1170,21 @@ async fn the_stream_waits_for_a_transaction_that_commits_late_and_misses_nothing
     assert_eq!(stream.take(2000).await.len(), 2000);
 
     let late = padded("late", 81, 2, 10);
-    let connect = || async {
-        let (c, conn) = tokio_postgres::connect(&stored.db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c
-    };
-    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
-                  VALUES ($1, $2, $3::text::timestamptz, $4, $5, $6) RETURNING seq";
-    let row = |bytes: &Vec<u8>| {
-        let h = header(bytes);
-        (
-            h.id,
-            h.event_type,
-            h.issued_at,
-            h.source,
-            h.payload_hash,
-            bytes.clone(),
-        )
-    };
-    let (mut early, mut later) = (connect().await, connect().await);
-    let t1 = early.transaction().await.unwrap();
-    let (id, t, at, src, hash, env) = row(&late[0]);
-    let low: i64 = t1
-        .query_one(insert, &[&id, &t, &at, &src, &hash, &env])
-        .await
-        .unwrap()
-        .get(0);
-    let t2 = later.transaction().await.unwrap();
-    let (id, t, at, src, hash, env) = row(&late[1]);
-    let high: i64 = t2
-        .query_one(insert, &[&id, &t, &at, &src, &hash, &env])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(low < high);
-    t2.commit().await.unwrap();
+    let t1 = stored
+        .db
+        .insert_held(&EventRow::of_envelope(&late[0]))
+        .await;
+    let t2 = stored
+        .db
+        .insert_held(&EventRow::of_envelope(&late[1]))
+        .await;
+    assert!(t1.seq < t2.seq);
+    t2.commit().await;
     // Committed after the open transaction too: held back by it as well (another payload than
     // the late ones': the same content hash would wait for their transaction).
     let marker = padded("marker", 82, 1, 11);
     stored.import(&marker);
-    t1.commit().await.unwrap();
+    t1.commit().await;
 
     let next = stream.take(3).await;
     let bytes: Vec<&Vec<u8>> = next.iter().map(|e| &e.1).collect();

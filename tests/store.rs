@@ -6,7 +6,7 @@ use common::Committed;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::pg::TestDb;
+use common::pg::{EventRow, TestDb};
 use common::samples::{decode, items, sample_lines};
 use nekhebet_store::config::{Config, LmdbConfig, LmdbLayout};
 use nekhebet_store::ingest::apply::{Applier, Fate, RetryPolicy, Sink};
@@ -956,30 +956,11 @@ async fn following_in_commit_order_never_misses_a_row_committed_late() {
         .await
         .unwrap()
         .committed();
-    let connect = || async {
-        let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c
-    };
-    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
-                  VALUES ($1, 'test.late', now(), 'test', $2, '\\x7b7d') RETURNING seq";
-    let (mut early, mut late) = (connect().await, connect().await);
-    let t1 = early.transaction().await.unwrap();
-    let low: i64 = t1
-        .query_one(insert, &[&uuid::Uuid::new_v4(), &"late-low"])
-        .await
-        .unwrap()
-        .get(0);
-    let t2 = late.transaction().await.unwrap();
-    let high: i64 = t2
-        .query_one(insert, &[&uuid::Uuid::new_v4(), &"late-high"])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(low < high);
-    t2.commit().await.unwrap();
+    let t1 = db.insert_held(&EventRow::opaque("late-low", b"{}")).await;
+    let t2 = db.insert_held(&EventRow::opaque("late-high", b"{}")).await;
+    let high = t2.seq;
+    assert!(t1.seq < high);
+    t2.commit().await;
 
     // The higher seq is visible, the lower one is not: the follower must not pass it.
     let horizon = store.commit_horizon().await.unwrap();
@@ -996,7 +977,7 @@ async fn following_in_commit_order_never_misses_a_row_committed_late() {
     );
     let cursor = first.last().unwrap().pos;
 
-    t1.commit().await.unwrap();
+    t1.commit().await;
     let horizon = store.commit_horizon().await.unwrap();
     let next = store.follow(cursor, horizon, 100).await.unwrap();
     let hashes: Vec<&str> = next.iter().map(|f| f.content_hash.as_str()).collect();

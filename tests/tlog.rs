@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::pg::TestDb;
+use common::pg::{EventRow, TestDb};
 use common::samples::{items, sample_lines};
 use common::worker::cli;
 use common::Committed;
@@ -132,50 +132,19 @@ async fn every_event_is_logged_once_in_commit_order_under_signed_checkpoints() {
         .await
         .unwrap()
         .committed();
-    let connect = || async {
-        let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c
-    };
-    let insert = "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
-                  VALUES ($1, 'test.late', now(), 'test', $2, $3) RETURNING seq";
-    let (mut early, mut late) = (connect().await, connect().await);
-    let t1 = early.transaction().await.unwrap();
-    let low: i64 = t1
-        .query_one(
-            insert,
-            &[&uuid::Uuid::new_v4(), &"late-low", &b"low".to_vec()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let t2 = late.transaction().await.unwrap();
-    let high: i64 = t2
-        .query_one(
-            insert,
-            &[&uuid::Uuid::new_v4(), &"late-high", &b"high".to_vec()],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let t1 = db.insert_held(&EventRow::opaque("late-low", b"low")).await;
+    let t2 = db
+        .insert_held(&EventRow::opaque("late-high", b"high"))
+        .await;
+    let (low, high) = (t1.seq, t2.seq);
     assert!(low < high);
-    t2.commit().await.unwrap();
-    // A write transaction left open in ANOTHER database of the server, started before both: it
-    // cannot add rows here, and must not hold this log back.
+    t2.commit().await;
+    // A write transaction left open in ANOTHER database of the server, open while the log steps:
+    // it cannot add rows here, and must not hold this log back.
     let elsewhere = TestDb::new().await;
-    let (mut foreign, conn) = tokio_postgres::connect(&elsewhere.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let t3 = foreign.transaction().await.unwrap();
-    t3.query_one(
-        insert,
-        &[&uuid::Uuid::new_v4(), &"elsewhere", &b"x".to_vec()],
-    )
-    .await
-    .unwrap();
+    let t3 = elsewhere
+        .insert_held(&EventRow::opaque("elsewhere", b"x"))
+        .await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("log.checkpoint");
@@ -193,14 +162,14 @@ async fn every_event_is_logged_once_in_commit_order_under_signed_checkpoints() {
         "{logged:?} passed the open transaction"
     );
 
-    t1.commit().await.unwrap();
+    t1.commit().await;
     store
         .save_batch(&items(&lines[3..203]))
         .await
         .unwrap()
         .committed();
     handle.finish(Duration::from_secs(60)).await;
-    t3.rollback().await.unwrap();
+    t3.rollback().await;
 
     let events = events_in_commit_order(&db).await;
     assert_eq!(events.len(), 205);
@@ -1198,18 +1167,7 @@ async fn a_stored_event_not_yet_in_a_checkpoint_has_no_proof_yet_then_one() {
     wait_checkpoint(&server, token, 10).await;
 
     // An open transaction that wrote (it has a transaction id): the horizon stays below it.
-    let (mut held, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let open = held.transaction().await.unwrap();
-    open.execute(
-        "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
-         VALUES ($1, 'test.held', now(), 'test', 'held', '\\x7b7d')",
-        &[&uuid::Uuid::new_v4()],
-    )
-    .await
-    .unwrap();
+    let open = db.insert_held(&EventRow::opaque("held", b"{}")).await;
     store
         .save_batch(&items(&lines[10..11]))
         .await
@@ -1230,7 +1188,7 @@ async fn a_stored_event_not_yet_in_a_checkpoint_has_no_proof_yet_then_one() {
         )
     );
 
-    open.rollback().await.unwrap();
+    open.rollback().await;
     wait_checkpoint(&server, token, 11).await;
     let (status, _, body) = get(&server, Some(token), &path).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));

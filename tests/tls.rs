@@ -18,10 +18,8 @@ use common::kafka as k;
 use common::pg::TestDb;
 use nekhebet_store::config::{Config, PostgresConfig, SslMode};
 use nekhebet_store::dev::signing::{sign, EnvelopeSpec};
-use nekhebet_store::ingest::{self, IngestOptions};
-use nekhebet_store::store::{Item, PgStore, Store};
+use nekhebet_store::store::{Item, PgStore};
 use tls_servers::{Certs, TlsKafka, TlsPostgres};
-use tokio_util::sync::CancellationToken;
 
 /// One throwaway server at a time: a 2-core machine starting PostgreSQL and a JVM together slows
 /// both.
@@ -286,25 +284,6 @@ type WrongCase = (
     &'static [&'static str],
 );
 
-async fn ingest_caught_up(config: &Config) -> nekhebet_store::ingest::IngestReport {
-    let store = Store::open(config).await.expect("open store");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        ingest::run(
-            config,
-            store,
-            IngestOptions {
-                until_caught_up: true,
-                ..IngestOptions::default()
-            },
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("ingest over TLS did not catch up within 60 s")
-    .expect("ingest over TLS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_ssl_and_sasl_ssl_through_kafka_properties() {
     let _serial = SERIAL.lock().await;
@@ -332,7 +311,7 @@ async fn kafka_ssl_and_sasl_ssl_through_kafka_properties() {
         ("ssl.ca.location", ca.clone()),
     ];
     let config = tls_worker_config(&db, lmdb.path(), kafka.ssl(), &topic, &ssl_props);
-    let report = ingest_caught_up(&config).await;
+    let report = k::ingest_until_caught_up(&config).await;
     assert_eq!(
         (report.consumed, report.stored, report.rejected),
         (22, 20, 2),
@@ -355,7 +334,7 @@ async fn kafka_ssl_and_sasl_ssl_through_kafka_properties() {
         ("sasl.password", tls_servers::KAFKA_PASSWORD.to_string()),
     ];
     let config2 = tls_worker_config(&db, lmdb2.path(), kafka.sasl_ssl(), &topic2, &sasl_props);
-    let report = ingest_caught_up(&config2).await;
+    let report = k::ingest_until_caught_up(&config2).await;
     assert_eq!((report.consumed, report.stored), (10, 10), "{report:#?}");
     eprintln!("SSL and SASL_SSL ingests done at {:.1?}", started.elapsed());
 

@@ -49,8 +49,11 @@ impl ApiError {
     /// A failed store read, phrased for the client; the server's log has the rest.
     pub fn from_read(e: ReadError) -> ApiError {
         match e {
-            ReadError::Corrupt { .. } => {
+            ReadError::Corrupt { .. } | ReadError::Vanished { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", e.to_string())
+            }
+            ReadError::Interrupted(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
             ReadError::Store(e) => Self::from_store(e),
         }

@@ -31,7 +31,6 @@
 //! (or the store fails) the stream ends without its last frame (logged, counted): the client
 //! reconnects from the last `id:` it got.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,12 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{clip, ApiError};
 use super::AppState;
-use crate::config::LmdbLayout;
-use crate::store::lmdb::BlobKey;
-use crate::store::postgres::{CommitPos, Followed, PgStore};
-use crate::store::read::check;
+use crate::store::postgres::{CommitPos, PgStore};
 use crate::store::Store;
-use crate::telemetry::names;
 
 /// Events a page holds at most.
 pub const PAGE: i64 = 500;
@@ -266,7 +261,11 @@ impl Follower {
         let Some(last) = rows.last().map(|r| r.pos) else {
             return Ok(None);
         };
-        let envelopes = self.envelopes(&rows).await?;
+        let envelopes = self
+            .store
+            .read_many(&rows)
+            .await
+            .map_err(|e| format!("reading the page's envelopes: {e}"))?;
         let bytes: usize = envelopes.iter().map(Bytes::len).sum();
         self.page_rows = page_rows(bytes, envelopes.len());
         let frames = tokio::task::spawn_blocking(move || {
@@ -282,104 +281,6 @@ impl Follower {
         self.after = last;
         Ok(Some(frames))
     }
-
-    /// The checked bytes of `rows`, in their order.
-    async fn envelopes(&self, rows: &[Followed]) -> Result<Vec<Bytes>, String> {
-        let lmdb_blobs = match &self.store {
-            Store::Hybrid(h) => {
-                let keys = rows
-                    .iter()
-                    .map(|r| match h.layout() {
-                        LmdbLayout::Compatible => BlobKey::Hash(r.content_hash.clone()),
-                        LmdbLayout::Append => BlobKey::Seq(r.pos.seq),
-                    })
-                    .collect();
-                let blobs = h
-                    .lmdb()
-                    .read_blobs(keys)
-                    .await
-                    .map_err(|e| format!("reading LMDB: {e}"))?;
-                Some(blobs)
-            }
-            Store::Postgres(_) | Store::Lmdb(_) => None,
-        };
-        let from_lmdb = lmdb_blobs.is_some();
-        let blobs = lmdb_blobs.unwrap_or_else(|| vec![None; rows.len()]);
-        let owned: Vec<Followed> = rows.to_vec();
-        // LMDB's blobs that pass their check; the others are read from PostgreSQL.
-        let (mut kept, owned) = blocking(move || {
-            let kept: Vec<Option<Bytes>> = owned
-                .iter()
-                .zip(blobs)
-                .map(|(row, blob)| {
-                    let blob = blob?;
-                    match check(&blob, Some(row.id), &row.content_hash) {
-                        Ok(()) => Some(blob),
-                        Err(why) => {
-                            metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb")
-                                .increment(1);
-                            tracing::warn!(id = %row.id, seq = row.pos.seq, %why,
-                                "stream: LMDB's blob fails its check: serving PostgreSQL's copy (reconcile --repair replaces it)");
-                            None
-                        }
-                    }
-                })
-                .collect();
-            (kept, owned)
-        })
-        .await?;
-        let missing: Vec<i64> = owned
-            .iter()
-            .zip(&kept)
-            .filter(|(_, b)| b.is_none())
-            .map(|(r, _)| r.pos.seq)
-            .collect();
-        if from_lmdb {
-            let hits = (owned.len() - missing.len()) as u64;
-            metrics::counter!(names::LMDB_READ_HITS).increment(hits);
-            metrics::counter!(names::LMDB_FALLBACKS).increment(missing.len() as u64);
-        }
-        if missing.is_empty() {
-            return Ok(kept.into_iter().flatten().collect());
-        }
-        let mut by_seq: HashMap<i64, Bytes> = self
-            .pg
-            .envelopes_by_seq(&missing)
-            .await
-            .map_err(|e| format!("reading PostgreSQL: {e}"))?
-            .into_iter()
-            .map(|(seq, envelope)| (seq, Bytes::from(envelope)))
-            .collect();
-        for (row, slot) in owned.iter().zip(kept.iter_mut()) {
-            if slot.is_none() {
-                *slot = Some(by_seq.remove(&row.pos.seq).ok_or_else(|| {
-                    format!(
-                        "event {} (seq {}) has no envelope in PostgreSQL",
-                        row.id, row.pos.seq
-                    )
-                })?);
-            }
-        }
-        let checked = Arc::new(missing);
-        blocking(move || {
-            for (row, bytes) in owned.iter().zip(&kept) {
-                if !checked.contains(&row.pos.seq) {
-                    continue;
-                }
-                let bytes = bytes.as_ref().expect("filled above");
-                if let Err(detail) = check(bytes, Some(row.id), &row.content_hash) {
-                    metrics::counter!(names::READ_CHECK_FAILURES, "store" => "postgres")
-                        .increment(1);
-                    return Err(format!(
-                        "event {} (seq {}): the store's own copy fails its hash ({detail})",
-                        row.id, row.pos.seq
-                    ));
-                }
-            }
-            Ok(kept.into_iter().flatten().collect())
-        })
-        .await?
-    }
 }
 
 /// The next page's events after one of `rows` envelopes took `bytes`.
@@ -388,12 +289,6 @@ fn page_rows(bytes: usize, rows: usize) -> i64 {
     i64::try_from(PAGE_BYTES / average)
         .unwrap_or(PAGE)
         .clamp(1, PAGE)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("a check did not finish: {e}"))
 }
 
 /// Keeps `moved` at the commit horizon while a stream listens: one query every `poll`, and

@@ -16,6 +16,10 @@
 //! PostgreSQL is asked first in hybrid mode even for content hashes the compatible layout keys
 //! LMDB by: it is the authority on which events exist (LMDB may hold a blob PostgreSQL does not),
 //! and it names the event's id, which the check compares.
+//!
+//! [`Store::read_many`] is the same policy for a page of events already located (the stream's):
+//! one LMDB read transaction and at most one PostgreSQL query for the page, the checks on the
+//! blocking pool.
 
 use std::fmt;
 
@@ -23,7 +27,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::lmdb::BlobKey;
-use super::postgres::Located;
+use super::postgres::{Followed, Located};
 use super::{HybridStore, LmdbStore, PgStore, Store, StoreError};
 use crate::config::LmdbLayout;
 use crate::envelope::{decode, Limits};
@@ -87,6 +91,15 @@ pub enum ReadError {
     /// The authority's own copy fails its check: nothing correct can be served.
     #[error("{key}: the store's own copy fails its hash ({detail}); it needs an operator")]
     Corrupt { key: String, detail: String },
+    /// An event located a moment ago has no bytes in its authority: events are never deleted
+    /// (PostgreSQL's triggers refuse it), so someone went around them.
+    #[error(
+        "{key}: located, then not found in {store}; events are never deleted: it needs an operator"
+    )]
+    Vanished { key: String, store: &'static str },
+    /// The blocking task that checked the bytes panicked or was cancelled (shutdown).
+    #[error("a check did not finish: {0}")]
+    Interrupted(String),
 }
 
 impl From<super::PgError> for ReadError {
@@ -155,7 +168,71 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The checked envelope bytes of `rows` (located by PostgreSQL's commit order), in their order,
+    /// by the policy of [`Store::read`].
+    pub async fn read_many(&self, rows: &[Followed]) -> Result<Vec<Bytes>, ReadError> {
+        match self {
+            Store::Postgres(pg) => fill_from_postgres(pg, rows, vec![None; rows.len()]).await,
+            Store::Hybrid(h) => h.read_many(rows).await,
+            Store::Lmdb(lmdb) => {
+                let keys = rows
+                    .iter()
+                    .map(|r| BlobKey::Hash(r.content_hash.clone()))
+                    .collect();
+                let blobs = lmdb.read_blobs(keys).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (row, blob) in rows.iter().zip(blobs) {
+                    out.push(blob.ok_or_else(|| ReadError::Vanished {
+                        key: Key::Id(row.id).to_string(),
+                        store: "lmdb",
+                    })?);
+                }
+                check_all(rows, out, "lmdb").await
+            }
+        }
+    }
+}
+
 impl HybridStore {
+    /// [`HybridStore::read`] for a page: LMDB's blobs that pass their check, PostgreSQL's copies
+    /// (checked as the authority's) for the others.
+    async fn read_many(&self, rows: &[Followed]) -> Result<Vec<Bytes>, ReadError> {
+        let keys = rows
+            .iter()
+            .map(|r| match self.layout() {
+                LmdbLayout::Compatible => BlobKey::Hash(r.content_hash.clone()),
+                LmdbLayout::Append => BlobKey::Seq(r.pos.seq),
+            })
+            .collect();
+        let blobs = self.lmdb().read_blobs(keys).await?;
+        let owned = rows.to_vec();
+        let kept: Vec<Option<Bytes>> = blocking(move || {
+            owned
+                .iter()
+                .zip(blobs)
+                .map(|(row, blob)| {
+                    let blob = blob?;
+                    match check(&blob, Some(row.id), &row.content_hash) {
+                        Ok(()) => Some(blob),
+                        Err(why) => {
+                            metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb")
+                                .increment(1);
+                            tracing::warn!(id = %row.id, seq = row.pos.seq, %why,
+                                "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
+                            None
+                        }
+                    }
+                })
+                .collect()
+        })
+        .await?;
+        let misses = kept.iter().filter(|b| b.is_none()).count() as u64;
+        metrics::counter!(names::LMDB_READ_HITS).increment(rows.len() as u64 - misses);
+        metrics::counter!(names::LMDB_FALLBACKS).increment(misses);
+        fill_from_postgres(self.pg(), rows, kept).await
+    }
+
     /// PostgreSQL locates, LMDB serves, PostgreSQL serves what LMDB lacks or fails.
     pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
         let Some(at) = self.pg().locate(key).await? else {
@@ -238,6 +315,85 @@ async fn read_lmdb(lmdb: &LmdbStore, key: &Key) -> Result<Option<Found>, ReadErr
         content_hash,
         origin: Origin::Lmdb,
     }))
+}
+
+/// `slots` (one a row, `None` where nothing was read yet) completed from PostgreSQL in one query;
+/// the copies it gave are checked as the authority's.
+async fn fill_from_postgres(
+    pg: &PgStore,
+    rows: &[Followed],
+    mut slots: Vec<Option<Bytes>>,
+) -> Result<Vec<Bytes>, ReadError> {
+    let missing: Vec<i64> = rows
+        .iter()
+        .zip(&slots)
+        .filter(|(_, b)| b.is_none())
+        .map(|(r, _)| r.pos.seq)
+        .collect();
+    if missing.is_empty() {
+        return Ok(slots.into_iter().flatten().collect());
+    }
+    let mut by_seq: std::collections::HashMap<i64, Vec<u8>> =
+        pg.envelopes_by_seq(&missing).await?.into_iter().collect();
+    // Which slots hold PostgreSQL's copy: only those are checked again below.
+    let mut from_pg = vec![false; rows.len()];
+    for ((row, slot), fresh) in rows.iter().zip(&mut slots).zip(&mut from_pg) {
+        if slot.is_none() {
+            let envelope = by_seq
+                .remove(&row.pos.seq)
+                .ok_or_else(|| ReadError::Vanished {
+                    key: format!("{} (seq {})", Key::Id(row.id), row.pos.seq),
+                    store: "postgres",
+                })?;
+            *slot = Some(Bytes::from(envelope));
+            *fresh = true;
+        }
+    }
+    let owned = rows.to_vec();
+    blocking(move || {
+        for ((row, bytes), fresh) in owned.iter().zip(&slots).zip(&from_pg) {
+            if *fresh {
+                let bytes = bytes.as_ref().expect("filled above");
+                authority(
+                    &Key::Id(row.id),
+                    "postgres",
+                    check(bytes, Some(row.id), &row.content_hash),
+                )?;
+            }
+        }
+        Ok(slots.into_iter().flatten().collect())
+    })
+    .await?
+}
+
+/// Every one of `bytes` checked as the authority's copy of its row.
+async fn check_all(
+    rows: &[Followed],
+    bytes: Vec<Bytes>,
+    store: &'static str,
+) -> Result<Vec<Bytes>, ReadError> {
+    let owned = rows.to_vec();
+    blocking(move || {
+        for (row, b) in owned.iter().zip(&bytes) {
+            authority(
+                &Key::Id(row.id),
+                store,
+                check(b, Some(row.id), &row.content_hash),
+            )?;
+        }
+        Ok(bytes)
+    })
+    .await?
+}
+
+/// Checks of a page run on the blocking pool: canonicalizing hundreds of envelopes would stall
+/// the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ReadError::Interrupted(e.to_string()))
 }
 
 /// The authority's copy failed its check: counted, logged, and an error.

@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use nekhebet_store::config::Config;
-use nekhebet_store::dev::produce::{Kind, Poison, ProduceReport};
+use nekhebet_store::dev::produce::{Kind, ProduceReport};
 
 use super::kafka::{self as k, WorkerProcess};
 use super::pg::TestDb;
@@ -403,8 +403,11 @@ impl Scenario {
         assert_committed_equals_end(&self.group, &self.topic);
         k::assert_stores_hold_exactly(&self.db.url, self.lmdb(), &k::expected_valid(&[produced]))
             .await;
-        let repeats =
-            assert_dlq_is_the_poison_set(&self.topic, produced, self.config.verify.enabled);
+        let repeats = super::dlq::assert_holds_exactly_the_poison(
+            &self.topic,
+            produced,
+            self.config.verify.enabled,
+        );
         assert!(
             dlq_repeats || repeats == 0,
             "{repeats} DLQ message(s) repeated although no worker crashed"
@@ -423,7 +426,7 @@ impl Scenario {
         let committed = k::committed_offsets(&self.group, &self.topic);
         let pg = pg_events(&self.db.url).await;
         let lmdb = lmdb_blobs(self.lmdb()).await;
-        let dlq: BTreeSet<(i32, i64)> = dlq_positions(&self.topic).into_iter().collect();
+        let dlq: BTreeSet<(i32, i64)> = super::dlq::positions(&self.topic).into_iter().collect();
         let hashes = valid_hashes(produced);
         let mut checked = 0;
         for rec in &produced.records {
@@ -486,97 +489,6 @@ pub fn assert_committed_equals_end(group: &str, topic: &str) {
         committed, ends,
         "committed offsets vs end offsets of {topic}"
     );
-}
-
-/// The reason code a poison kind is dead-lettered with (`verify`: the verification stage is on,
-/// and reports a bad nonce in nekhebet-core's category, see docs/reasons.md).
-pub fn poison_reason(p: Poison, verify: bool) -> &'static str {
-    use nekhebet_store::reason::Reason;
-    let reason = match p {
-        Poison::TruncatedJson => Reason::TruncatedJson,
-        Poison::BadNonce if verify => Reason::StructureInvalid,
-        Poison::BadNonce => Reason::InvalidNonce,
-        Poison::NotJson => Reason::MalformedJson,
-        Poison::EmptyValue => Reason::EmptyMessage,
-    };
-    reason.as_str()
-}
-
-/// The DLQ of `topic` holds the poison set exactly: the SET of source (partition, offset) equals
-/// the poison set; every message carries its original value, the source topic and the reason of its
-/// kind (`verify`: as the workers had `verify.enabled`). Returns how many messages repeated a
-/// position (at-least-once after a crash).
-pub fn assert_dlq_is_the_poison_set(topic: &str, produced: &ProduceReport, verify: bool) -> usize {
-    let poison: BTreeMap<(i32, i64), (Poison, &[u8])> = produced
-        .records
-        .iter()
-        .filter_map(|r| match r.kind {
-            Kind::Poison(p) => Some(((r.partition, r.offset), (p, &r.value[..]))),
-            _ => None,
-        })
-        .collect();
-    let mut seen = BTreeSet::new();
-    let mut repeats = 0;
-    let mut wrong_reason: HashMap<String, usize> = HashMap::new();
-    for m in k::read_all(&format!("{topic}.dlq")) {
-        let pos = source_position(&m);
-        let (kind, value) = poison
-            .get(&pos)
-            .unwrap_or_else(|| panic!("DLQ message for {pos:?} is not a poison record: {m:?}"));
-        assert_eq!(
-            m.value.as_deref().unwrap_or_default(),
-            *value,
-            "DLQ value of {pos:?}"
-        );
-        assert_eq!(
-            m.headers.get("nekhebet.source.topic").map(String::as_str),
-            Some(topic),
-            "source topic header of {pos:?}"
-        );
-        let reason = m
-            .headers
-            .get("nekhebet.reason")
-            .cloned()
-            .unwrap_or_default();
-        if reason != poison_reason(*kind, verify) {
-            *wrong_reason
-                .entry(format!("{} -> {reason}", kind.as_str()))
-                .or_default() += 1;
-        }
-        if !seen.insert(pos) {
-            repeats += 1;
-        }
-    }
-    assert!(
-        wrong_reason.is_empty(),
-        "DLQ reasons differ from the poison kinds: {wrong_reason:?}"
-    );
-    let missing: Vec<_> = poison.keys().filter(|p| !seen.contains(p)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} poison message(s) missing from the DLQ, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    repeats
-}
-
-fn source_position(m: &k::ReadMessage) -> (i32, i64) {
-    let p = m.headers["nekhebet.source.partition"]
-        .parse()
-        .expect("partition header");
-    let o = m.headers["nekhebet.source.offset"]
-        .parse()
-        .expect("offset header");
-    (p, o)
-}
-
-/// Source positions of every DLQ message of `topic` (repeats included).
-pub fn dlq_positions(topic: &str) -> Vec<(i32, i64)> {
-    k::read_all(&format!("{topic}.dlq"))
-        .iter()
-        .map(source_position)
-        .collect()
 }
 
 /// id → content hash of the valid records produced.

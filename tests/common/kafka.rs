@@ -437,43 +437,6 @@ pub async fn assert_stores_hold_exactly(db_url: &str, lmdb_dir: &Path, expected:
     );
 }
 
-/// The DLQ holds every poison record (by source position, with its original value) and nothing
-/// else; a position may appear more than once only when `allow_repeats` (a worker was killed
-/// between the DLQ acknowledgement and the offset commit: at-least-once).
-pub fn assert_dlq_holds_exactly_the_poison(
-    topic: &str,
-    produced: &ProduceReport,
-    allow_repeats: bool,
-) {
-    let poison: BTreeMap<(i32, i64), &produce::ProducedRecord> = produced
-        .records
-        .iter()
-        .filter(|r| matches!(r.kind, produce::Kind::Poison(_)))
-        .map(|r| ((r.partition, r.offset), r))
-        .collect();
-    let dlq = read_all(&format!("{topic}.dlq"));
-    let mut seen = std::collections::BTreeSet::new();
-    for m in &dlq {
-        let p: i32 = m.headers["nekhebet.source.partition"]
-            .parse()
-            .expect("partition header");
-        let o: i64 = m.headers["nekhebet.source.offset"]
-            .parse()
-            .expect("offset header");
-        let original = poison
-            .get(&(p, o))
-            .unwrap_or_else(|| panic!("DLQ message for {p}/{o} is not a poison record"));
-        assert_eq!(m.value.clone().unwrap_or_default(), original.value.to_vec());
-        let fresh = seen.insert((p, o));
-        assert!(fresh || allow_repeats, "{p}/{o} dead-lettered twice");
-    }
-    assert_eq!(
-        seen.len(),
-        poison.len(),
-        "poison records missing from the DLQ"
-    );
-}
-
 /// Waits until the group committed every partition up to the topic's end offsets.
 pub async fn wait_committed_to_end(group: &str, topic: &str, timeout: Duration) {
     let (group, topic) = (group.to_string(), topic.to_string());
@@ -510,4 +473,24 @@ pub async fn event_count(db_url: &str) -> i64 {
         .await
         .map(|r| r.get(0))
         .unwrap_or(0)
+}
+
+/// `ingest` in this process with `--until-caught-up` (a fresh store from `config`): its report
+/// once every partition is decided up to the end offsets seen at start. Panics after 120 s.
+pub async fn ingest_until_caught_up(config: &Config) -> nekhebet_store::ingest::IngestReport {
+    let store = nekhebet_store::store::Store::open(config)
+        .await
+        .expect("open store");
+    let options = nekhebet_store::ingest::IngestOptions {
+        until_caught_up: true,
+        ..Default::default()
+    };
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        nekhebet_store::ingest::run(config, store, options, token),
+    )
+    .await
+    .expect("the worker stalled: not caught up within 120 s")
+    .expect("the worker failed")
 }

@@ -101,3 +101,100 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// A row for `events` inserted by hand (outside the store), to build the ordering trap: a
+/// transaction holding a lower `seq` that commits after one with a higher `seq`.
+pub struct EventRow {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    /// RFC 3339; `None` is the server's `now()`.
+    pub issued_at: Option<String>,
+    pub source: String,
+    pub content_hash: String,
+    pub envelope: Vec<u8>,
+}
+
+impl EventRow {
+    /// The row the store would write for this envelope (its header's fields, its exact bytes).
+    pub fn of_envelope(bytes: &[u8]) -> EventRow {
+        let h = nekhebet_store::envelope::decode(
+            bytes::Bytes::copy_from_slice(bytes),
+            &nekhebet_store::envelope::Limits {
+                max_message_bytes: usize::MAX,
+            },
+        )
+        .expect("a decodable envelope")
+        .header;
+        EventRow {
+            id: h.id,
+            event_type: h.event_type,
+            issued_at: Some(h.issued_at),
+            source: h.source,
+            content_hash: h.payload_hash,
+            envelope: bytes.to_vec(),
+        }
+    }
+
+    /// A row that is no envelope (for tests about positions, not contents): a fresh id, type
+    /// `test.held`, this content hash and these bytes.
+    pub fn opaque(content_hash: &str, envelope: &[u8]) -> EventRow {
+        EventRow {
+            id: uuid::Uuid::new_v4(),
+            event_type: "test.held".into(),
+            issued_at: None,
+            source: "test".into(),
+            content_hash: content_hash.into(),
+            envelope: envelope.to_vec(),
+        }
+    }
+}
+
+/// An `events` row inserted in a transaction left open on its own connection: its `seq` is taken
+/// (and its transaction id assigned) now, the row is visible only after [`HeldInsert::commit`].
+/// Dropping it without committing rolls it back (the connection closes).
+pub struct HeldInsert {
+    client: tokio_postgres::Client,
+    pub seq: i64,
+}
+
+impl HeldInsert {
+    pub async fn commit(self) {
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .expect("commit the held insert");
+    }
+
+    pub async fn rollback(self) {
+        self.client
+            .batch_execute("ROLLBACK")
+            .await
+            .expect("roll the held insert back");
+    }
+}
+
+impl TestDb {
+    /// Inserts `row` into `events` in a transaction that stays open: see [`HeldInsert`].
+    pub async fn insert_held(&self, row: &EventRow) -> HeldInsert {
+        let client = self.client().await;
+        client.batch_execute("BEGIN").await.expect("begin");
+        let seq = client
+            .query_one(
+                "INSERT INTO events (id, event_type, issued_at, source, content_hash, envelope)
+                 VALUES ($1, $2, coalesce($3::text::timestamptz, now()), $4, $5, $6)
+                 RETURNING seq",
+                &[
+                    &row.id,
+                    &row.event_type,
+                    &row.issued_at,
+                    &row.source,
+                    &row.content_hash,
+                    &row.envelope,
+                ],
+            )
+            .await
+            .expect("insert into events inside the held transaction")
+            .get(0);
+        HeldInsert { client, seq }
+    }
+}
