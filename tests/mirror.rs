@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use common::pg::{EventRow, TestDb};
 use common::samples::{items, sample_lines};
+use common::worker::Producer;
 use common::Committed;
 use nekhebet_store::config::{Config, LmdbConfig, LmdbLayout};
 use nekhebet_store::store::lmdb::BlobKey;
-use nekhebet_store::store::mirror::{Mirror, MirrorStatus};
+use nekhebet_store::store::mirror::{Mirror, MirrorStatus, PAGE_ROWS};
 use nekhebet_store::store::{HybridStore, LmdbStore, PgStore};
 use tokio_util::sync::CancellationToken;
 
@@ -145,6 +146,84 @@ async fn an_empty_lmdb_converges_to_the_whole_store_while_writes_go_on() {
         lag_zero(&running.status).await;
         running.stop().await;
     }
+}
+
+/// In a worker the mirror finds the worker's own batches already present: walking them costs it
+/// no LMDB write transaction a page (with `lmdb.sync` each is an fsync of the single writer the
+/// batches need). The cursor it confirmed is stored within a second, and at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walking_the_workers_own_batches_stores_the_cursor_at_most_once_a_second() {
+    let db = TestDb::new().await;
+    let pg = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = LmdbStore::open(&lmdb_config(dir.path(), Some(LmdbLayout::Append)), false)
+        .await
+        .unwrap();
+    let hybrid = HybridStore::new(pg.clone(), lmdb.clone());
+    // Ten pages of the mirror's follow, every blob written by the store itself.
+    let mut producer = Producer::new("own-batches", 61);
+    let lines: Vec<String> = (0..10 * PAGE_ROWS)
+        .map(|_| String::from_utf8(producer.next()).unwrap())
+        .collect();
+    for chunk in lines.chunks(1000) {
+        hybrid.save_batch(&items(chunk)).await.unwrap().committed();
+    }
+    let last: i64 = db
+        .client()
+        .await
+        .query_one("SELECT max(seq) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let before = lmdb.last_txn_id();
+    let started = std::time::Instant::now();
+    let running = Running::start(&pg, &lmdb);
+    common::kafka::wait_for(
+        Duration::from_secs(30),
+        "the cursor stored at the end",
+        || {
+            let lmdb = lmdb.clone();
+            async move { (lmdb.mirror_cursor().await.unwrap()?.seq == last).then_some(()) }
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    let writes = lmdb.last_txn_id() - before;
+    // One store a second at most (and the first round may store at once); never one per page.
+    let allowed = 1 + took.as_secs() + 1;
+    assert!(
+        writes <= allowed && writes < 10,
+        "{writes} LMDB write transactions to walk 10 pages in {took:?}"
+    );
+    assert_eq!(
+        lmdb_blobs(&lmdb).await.len(),
+        lines.len(),
+        "nothing copied twice or lost"
+    );
+    lag_zero(&running.status).await;
+    running.stop().await;
+
+    // A page confirmed after the last store is stored at shutdown: a new mirror reports lag 0
+    // once it confirmed the new rows, and is stopped well within a second of it starting.
+    let more: Vec<String> = (0..300)
+        .map(|_| String::from_utf8(producer.next()).unwrap())
+        .collect();
+    hybrid.save_batch(&items(&more)).await.unwrap().committed();
+    let end: i64 = db
+        .client()
+        .await
+        .query_one("SELECT max(seq) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let running = Running::start(&pg, &lmdb);
+    lag_zero(&running.status).await;
+    running.stop().await;
+    assert_eq!(
+        lmdb.mirror_cursor().await.unwrap().map(|c| c.seq),
+        Some(end)
+    );
 }
 
 /// An environment put back from an old copy of its directory (taken while nothing wrote) has the

@@ -308,6 +308,12 @@ impl LmdbStore {
         (info.map_size as u64, used)
     }
 
+    /// The id of the last committed write transaction: how many there were (tests count the
+    /// mirror's).
+    pub fn last_txn_id(&self) -> u64 {
+        self.inner.env.info().last_txn_id as u64
+    }
+
     pub fn is_standalone(&self) -> bool {
         self.inner.standalone
     }

@@ -21,6 +21,12 @@
 //! restored copy brings its own, older cursor back); an existing blob is never overwritten; memory
 //! is bounded by one page of row metadata and one copy of envelopes.
 //!
+//! A page whose rows were all present (in a worker, its own batches: most pages) moves the cursor
+//! in memory only; that cursor is stored at most every [`CURSOR_EVERY`] (and at shutdown). With
+//! `lmdb.sync` every stored cursor is an fsync of the single LMDB writer the worker's batches need:
+//! one a page would cost the write path more than the mirror's own work. A crash forgets at most
+//! that second of confirmations, which the next run checks again; nothing it covers was copied.
+//!
 //! The cursor moves only over settled rows (below the horizon). A transaction left open anywhere
 //! in the PostgreSQL cluster holds the horizon back; meanwhile the mirror also walks the rows
 //! committed above it (**ahead**: passes over every row after the cursor, paced, at most one
@@ -64,6 +70,8 @@ pub const COPY_BYTES: u64 = 4 << 20;
 pub const CHECKS_PER_COPY: u64 = 10;
 /// How long the mirror waits when it has nothing to do.
 const IDLE: Duration = Duration::from_secs(1);
+/// A cursor moved over pages that needed no copy is stored at most this often.
+pub const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// Between two sweeps of the rows before the cursor.
 pub const SWEEP_PAUSE: Duration = Duration::from_secs(60);
 /// The lag is counted up to this many rows (an index walk bounded by it), refreshed at most every
@@ -122,6 +130,25 @@ pub fn spawn(
     Some((status, tokio::spawn(mirror.run(shutdown))))
 }
 
+/// What [`Mirror::copy_page`] did with a page.
+enum Page {
+    /// Every row was present: nothing written, the cursor not stored.
+    Present,
+    /// This many blobs written, each copy with its cursor (when advancing).
+    Copied(usize),
+    /// Shutdown came first: the copies written so far stored their cursor, no further.
+    Interrupted,
+}
+
+impl Page {
+    fn written(&self) -> usize {
+        match self {
+            Page::Copied(n) => *n,
+            Page::Present | Page::Interrupted => 0,
+        }
+    }
+}
+
 /// What a round found to do.
 enum Round {
     /// It copied or checked rows: go on at once (the pace still applies).
@@ -157,6 +184,8 @@ impl Mirror {
             ahead_due: started,
             ahead_high: CommitPos::START,
             lag_counted: None,
+            confirmed: None,
+            cursor_stored: started,
         };
         let mut backoff = BACKOFF_MIN;
         tracing::info!(rate = self.rate, layout = ?self.lmdb.layout(), "LMDB mirror: started");
@@ -186,6 +215,10 @@ impl Mirror {
                 },
             };
             if shutdown.is_cancelled() || !sleep(wait, &shutdown).await {
+                if let Err(e) = self.store_cursor(&mut state).await {
+                    tracing::warn!(error = %e,
+                        "LMDB mirror: the last confirmed cursor was not stored (the next run checks those rows again)");
+                }
                 tracing::info!("LMDB mirror: stopped");
                 return;
             }
@@ -199,13 +232,25 @@ impl Mirror {
         state: &mut State,
         shutdown: &CancellationToken,
     ) -> Result<Round, StoreError> {
-        let cursor = self.lmdb.mirror_cursor().await?.unwrap_or(CommitPos::START);
+        if state.cursor_stored.elapsed() >= CURSOR_EVERY {
+            self.store_cursor(state).await?;
+        }
+        let stored = self.lmdb.mirror_cursor().await?.unwrap_or(CommitPos::START);
+        let cursor = stored.max(state.confirmed.unwrap_or(CommitPos::START));
         let horizon = CommitPos::horizon(self.pg.commit_horizon().await?);
         let rows = self.pg.rows_between(cursor, horizon, PAGE_ROWS).await?;
-        if !rows.is_empty() {
+        if let Some(last) = rows.last().map(|r| r.pos) {
             self.count_lag(cursor, state, false).await?;
-            self.copy_page(&rows, true, &mut state.pace, shutdown)
+            let copied = self
+                .copy_page(&rows, true, &mut state.pace, shutdown)
                 .await?;
+            match copied {
+                Page::Present => state.confirmed = Some(last),
+                // Stored with the last copy.
+                Page::Copied(_) => state.confirmed = None,
+                // Stored as far as the copies written went.
+                Page::Interrupted => {}
+            }
             return Ok(Round::Busy);
         }
         // Caught up with the settled rows. Rows committed above the horizon (a transaction left
@@ -253,7 +298,8 @@ impl Mirror {
         };
         let copied = self
             .copy_page(&rows, false, &mut state.pace, shutdown)
-            .await?;
+            .await?
+            .written();
         if copied > 0 {
             tracing::warn!(
                 copied,
@@ -290,19 +336,20 @@ impl Mirror {
 
     /// Copies the page's rows LMDB lacks; with `advance`, moves the stored cursor over the page
     /// (the follow), else leaves it (rows above the horizon, the sweep). Returns how many blobs
-    /// were written.
+    /// were written, or that none was needed (the caller keeps the cursor in memory), or that
+    /// shutdown came first.
     async fn copy_page(
         &self,
         rows: &[MirrorRow],
         advance: bool,
         pace: &mut Pace,
         shutdown: &CancellationToken,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Page, StoreError> {
         // Checking is far cheaper than copying (ids from an index, one LMDB read transaction):
         // CHECKS_PER_COPY rows checked cost one unit of the rate.
         let wait = pace.take(rows.len() as u64 / CHECKS_PER_COPY, Instant::now());
         if !sleep(wait, shutdown).await {
-            return Ok(0);
+            return Ok(Page::Interrupted);
         }
         let layout = self.lmdb.layout();
         let keys = rows.iter().map(|r| key(layout, r)).collect();
@@ -317,16 +364,14 @@ impl Mirror {
             })
             .collect();
         let copies = plan::copies(&plan_rows, COPY_ROWS, COPY_BYTES);
-        let mut written = 0;
-        if copies.is_empty() && advance {
-            if let Some(last) = rows.last() {
-                self.lmdb.mirror_write(Vec::new(), Some(last.pos)).await?;
-            }
+        if copies.is_empty() {
+            return Ok(Page::Present);
         }
+        let mut written = 0;
         for copy in copies {
             let wait = pace.take(copy.rows.len() as u64, Instant::now());
             if !sleep(wait, shutdown).await {
-                break;
+                return Ok(Page::Interrupted);
             }
             let wanted: Vec<&MirrorRow> = copy.rows.iter().map(|&i| &rows[i]).collect();
             let blobs = self.read_checked(layout, wanted).await?;
@@ -337,7 +382,17 @@ impl Mirror {
             tracing::debug!(written = n, cursor = ?stored, advance, "LMDB mirror: copied");
             written += n;
         }
-        Ok(written)
+        Ok(Page::Copied(written))
+    }
+
+    /// Stores the cursor confirmed in memory, if any (see the module docs).
+    async fn store_cursor(&self, state: &mut State) -> Result<(), StoreError> {
+        if let Some(cursor) = state.confirmed {
+            self.lmdb.mirror_write(Vec::new(), Some(cursor)).await?;
+            state.confirmed = None;
+        }
+        state.cursor_stored = Instant::now();
+        Ok(())
     }
 
     /// The envelopes of `rows` from PostgreSQL, each checked against its content hash and id;
@@ -400,6 +455,9 @@ struct State {
     /// The furthest row any pass has copied or confirmed (for the lag).
     ahead_high: CommitPos,
     lag_counted: Option<Instant>,
+    /// The follow's cursor over pages that needed no copy, not stored yet (see the module docs).
+    confirmed: Option<CommitPos>,
+    cursor_stored: Instant,
 }
 
 /// The key a row's blob is kept under in `layout`.
