@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use self::pace::Pace;
 use self::plan::Row;
 use super::lmdb::BlobKey;
-use super::postgres::{CommitPos, MirrorRow};
+use super::postgres::{CommitPos, Followed};
 use super::{ErrorClass, LmdbStore, PgStore, StoreError};
 use crate::config::LmdbLayout;
 
@@ -340,7 +340,7 @@ impl Mirror {
     /// shutdown came first.
     async fn copy_page(
         &self,
-        rows: &[MirrorRow],
+        rows: &[Followed],
         advance: bool,
         pace: &mut Pace,
         shutdown: &CancellationToken,
@@ -373,7 +373,7 @@ impl Mirror {
             if !sleep(wait, shutdown).await {
                 return Ok(Page::Interrupted);
             }
-            let wanted: Vec<&MirrorRow> = copy.rows.iter().map(|&i| &rows[i]).collect();
+            let wanted: Vec<&Followed> = copy.rows.iter().map(|&i| &rows[i]).collect();
             let blobs = self.read_checked(layout, wanted).await?;
             let (n, stored) = self
                 .lmdb
@@ -400,12 +400,12 @@ impl Mirror {
     async fn read_checked(
         &self,
         layout: LmdbLayout,
-        rows: Vec<&MirrorRow>,
+        rows: Vec<&Followed>,
     ) -> Result<Vec<(BlobKey, Bytes)>, StoreError> {
         let seqs: Vec<i64> = rows.iter().map(|r| r.pos.seq).collect();
         let mut bytes: HashMap<i64, Vec<u8>> =
             self.pg.envelopes_by_seq(&seqs).await?.into_iter().collect();
-        let wanted: Vec<(BlobKey, MirrorRow, Option<Bytes>)> = rows
+        let wanted: Vec<(BlobKey, Followed, Option<Bytes>)> = rows
             .into_iter()
             .map(|r| {
                 (
@@ -461,7 +461,7 @@ struct State {
 }
 
 /// The key a row's blob is kept under in `layout`.
-fn key(layout: LmdbLayout, row: &MirrorRow) -> BlobKey {
+fn key(layout: LmdbLayout, row: &Followed) -> BlobKey {
     match layout {
         LmdbLayout::Compatible => BlobKey::Hash(row.content_hash.clone()),
         LmdbLayout::Append => BlobKey::Seq(row.pos.seq),

@@ -63,13 +63,41 @@ impl CommitPos {
     };
 }
 
-/// One row of `events` as a follower sees it (the envelope bytes are read separately, by seq,
-/// only when the follower needs them).
+/// One row of `events` as a follower sees it: its place in commit order, its identity and its
+/// envelope's size (the bytes themselves are read separately, by seq, only when the follower needs
+/// them; the size lets it bound what it will hold before it reads them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Followed {
     pub pos: CommitPos,
     pub id: Uuid,
     pub content_hash: String,
+    /// The envelope's size in bytes (`octet_length`, read without the bytes).
+    pub bytes: i64,
+}
+
+impl CommitPos {
+    /// After every row.
+    pub const END: CommitPos = CommitPos {
+        txid: i64::MAX,
+        seq: i64::MAX,
+    };
+
+    /// The bound "before every row of a transaction at or above `horizon`": rows below it are the
+    /// settled ones ([`PgStore::commit_horizon`]).
+    pub fn horizon(horizon: i64) -> CommitPos {
+        CommitPos {
+            txid: horizon,
+            seq: i64::MIN,
+        }
+    }
+
+    /// The bound "up to and including this position".
+    pub fn through(self) -> CommitPos {
+        CommitPos {
+            txid: self.txid,
+            seq: self.seq.saturating_add(1),
+        }
+    }
 }
 
 impl PgStore {
@@ -83,21 +111,34 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    /// Up to `limit` rows after `after` and below `horizon`, in commit order.
+    /// Up to `limit` rows after `after` and below `horizon`, in commit order: the settled rows.
     pub async fn follow(
         &self,
         after: CommitPos,
         horizon: i64,
         limit: i64,
     ) -> Result<Vec<Followed>, PgError> {
+        self.rows_between(after, CommitPos::horizon(horizon), limit)
+            .await
+    }
+
+    /// Up to `limit` rows after `after` and before `before` (exclusive), in commit order, settled
+    /// or not: with `before` = [`CommitPos::horizon`] these are [`PgStore::follow`]'s rows; the
+    /// LMDB mirror also walks the rows above the horizon, and back over those behind its cursor.
+    pub async fn rows_between(
+        &self,
+        after: CommitPos,
+        before: CommitPos,
+        limit: i64,
+    ) -> Result<Vec<Followed>, PgError> {
         let client = self.pool().get().await?;
         let rows = client
             .query(
-                "SELECT txid, seq, id, content_hash FROM events
-                 WHERE (txid, seq) > ($1, $2) AND txid < $3
+                "SELECT txid, seq, id, content_hash, octet_length(envelope)::bigint FROM events
+                 WHERE (txid, seq) > ($1, $2) AND (txid, seq) < ($3, $4)
                  ORDER BY txid, seq
-                 LIMIT $4",
-                &[&after.txid, &after.seq, &horizon, &limit],
+                 LIMIT $5",
+                &[&after.txid, &after.seq, &before.txid, &before.seq, &limit],
             )
             .await?;
         Ok(rows
@@ -109,17 +150,26 @@ impl PgStore {
                 },
                 id: r.get(2),
                 content_hash: r.get(3),
+                bytes: r.get(4),
             })
             .collect())
     }
 
     /// How many rows lie after `after` (below no horizon: also those not settled yet).
     pub async fn count_after(&self, after: CommitPos) -> Result<i64, PgError> {
+        self.count_after_capped(after, i64::MAX).await
+    }
+
+    /// [`PgStore::count_after`], counted up to `cap`: the count walks the `(txid, seq)` index, so
+    /// its cost is bounded by the cap, not by the size of the store (the mirror's lag gauge).
+    pub async fn count_after_capped(&self, after: CommitPos, cap: i64) -> Result<i64, PgError> {
         let client = self.pool().get().await?;
         let row = client
             .query_one(
-                "SELECT count(*) FROM events WHERE (txid, seq) > ($1, $2)",
-                &[&after.txid, &after.seq],
+                "SELECT count(*) FROM (
+                     SELECT 1 FROM events WHERE (txid, seq) > ($1, $2) LIMIT $3
+                 ) AS lagging",
+                &[&after.txid, &after.seq, &cap],
             )
             .await?;
         Ok(row.get(0))
