@@ -372,6 +372,13 @@ def check_k8s():
             else:
                 yield f"{prefix}{k}"
     known = set(keys(default))
+    # Keys without a default (unset unless configured) are documented as comments in their section.
+    section = ""
+    for line in open(os.path.join(root, "config/default.toml")):
+        if m := re.match(r"^\[([\w.]+)\]", line):
+            section = m.group(1)
+        elif (m := re.match(r"^#\s*(\w+)\s*=", line)) and section:
+            known.add(f"{section}.{m.group(1)}")
     for k in keys(toml):
         if k not in known:
             err(f"k8s ConfigMap: unknown configuration key {k} (not in config/default.toml)")
@@ -400,6 +407,52 @@ def check_k8s():
     for s in svcs:
         if s["spec"]["selector"].items() - labels.items():
             err(f"k8s: Service {s['metadata']['name']} selects no worker pod")
+    # Every NEKHEBET_* variable of every container names a configuration key (NEKHEBET_A__B = a.b).
+    for cont in pod["containers"]:
+        for e in cont.get("env", []):
+            name = e["name"]
+            if name.startswith("NEKHEBET_"):
+                key = name[len("NEKHEBET_"):].lower().replace("__", ".")
+                if key not in known:
+                    err(f"k8s: container {cont['name']}: {name} names no configuration key ({key})")
+    # The read API beside the worker: on the pod's LMDB, tokens from a mounted Secret, probes on
+    # its own port, one mirror and one log integrator a pod (the worker's), a Service to reach it.
+    serve = [x for x in pod["containers"] if x.get("args", [])[-1:] == ["serve"]]
+    if not serve:
+        err("k8s: no container runs `serve` (the read API) beside the worker")
+    else:
+        sv = serve[0]
+        env = {e["name"]: e.get("value") for e in sv.get("env", [])}
+        smounts = {m["name"]: m["mountPath"] for m in sv.get("volumeMounts", [])}
+        if smounts.get("lmdb") != "/var/lib/nekhebet/lmdb" or env.get("NEKHEBET_LMDB__PATH") != "/var/lib/nekhebet/lmdb":
+            err("k8s: serve must read the pod's LMDB at /var/lib/nekhebet/lmdb")
+        listen = env.get("NEKHEBET_SERVE__LISTEN", "")
+        if listen.startswith("127.") or not listen:
+            err("k8s: serve must listen on the pod IP (NEKHEBET_SERVE__LISTEN)")
+        tokens = env.get("NEKHEBET_SERVE__TOKENS_FILE", "")
+        secret_vols = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        tok_mount = [n for n, path in smounts.items() if tokens.startswith(path + "/")]
+        if not tok_mount or tok_mount[0] not in secret_vols:
+            err("k8s: serve off loopback needs NEKHEBET_SERVE__TOKENS_FILE in a mounted Secret")
+        elif secret_vols[tok_mount[0]] not in {s["metadata"]["name"] for s in kinds["Secret"]}:
+            err(f"k8s: serve's tokens Secret {secret_vols[tok_mount[0]]} is not in secret.yaml")
+        if env.get("NEKHEBET_TLOG__ENABLED") != "false" or env.get("NEKHEBET_LMDB__MIRROR_RATE") != "0":
+            err("k8s: serve beside the worker must leave the log and the mirror to it (tlog.enabled false, lmdb.mirror_rate 0)")
+        sports = {pp.get("name"): pp["containerPort"] for pp in sv.get("ports", [])}
+        port = int(listen.rsplit(":", 1)[-1]) if listen else None
+        for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+            p = sv.get(probe, {}).get("httpGet", {})
+            if p.get("path") != path or sports.get(p.get("port"), p.get("port")) != port:
+                err(f"k8s: serve's {probe} must GET {path} on its listen port {port}")
+        sargs = sv.get("args", [])
+        if "--config" not in sargs or sargs[sargs.index("--config") + 1] != f"{cfg_mount[0]}/{cfg_name}":
+            err(f"k8s: serve's args {sargs} do not pass the mounted ConfigMap file with --config")
+        reach = [s for s in svcs if s["spec"].get("clusterIP") != "None"
+                 and any(pp.get("targetPort") in ("http", port) for pp in s["spec"]["ports"])]
+        if not reach:
+            err("k8s: no Service reaches serve's port")
+        if not any(pp.get("name") == "serve" for s in metrics for pp in s["spec"]["ports"]):
+            err("k8s: the metrics Service has no \"serve\" port: serve's /metrics would not be scraped")
     pdb = kinds["PodDisruptionBudget"][0]
     if pdb["spec"].get("maxUnavailable") != 1 or pdb["spec"]["selector"]["matchLabels"].items() - labels.items():
         err("k8s: the PodDisruptionBudget must allow maxUnavailable 1 of the worker pods")
