@@ -508,6 +508,53 @@ async fn wait_checkpoint(server: &Server, token: &str, size: u64) -> String {
     })
 }
 
+/// A signed log served over the first `n` sample envelopes: the set-up the HTTP tests share.
+struct Served {
+    /// The signer key file (`log.key`), the state file beside it, serve's LMDB and log.
+    dir: tempfile::TempDir,
+    key: std::path::PathBuf,
+    token: &'static str,
+    digest: String,
+    db: TestDb,
+    store: PgStore,
+    lines: Vec<String>,
+    server: Server,
+    /// The checkpoint of the `n` envelopes, as `/log/checkpoint` served it.
+    note: String,
+}
+
+impl Served {
+    /// Stores the first `n` sample envelopes, starts `serve` with a signing key and `token`, and
+    /// waits for the checkpoint of `n` leaves.
+    async fn start(token: &'static str, n: usize) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("log.key");
+        signing_key_file(&key);
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        let db = TestDb::new().await;
+        let store = db.store().await;
+        let lines = sample_lines();
+        store
+            .save_batch(&items(&lines[..n]))
+            .await
+            .unwrap()
+            .committed();
+        let server = Server::start(&db.url, dir.path(), &key, &digest);
+        let note = wait_checkpoint(&server, token, n as u64).await;
+        Served {
+            dir,
+            key,
+            token,
+            digest,
+            db,
+            store,
+            lines,
+            server,
+            note,
+        }
+    }
+}
+
 /// Builds tests/go/tlogverify into `dir`. Fails (never skips) without Go.
 fn build_go_verifier(dir: &Path) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/tlogverify");
@@ -660,20 +707,15 @@ async fn go_verifies_the_served_log_checkpoints_tiles_inclusion_and_consistency(
 /// with a reason.
 #[tokio::test]
 async fn log_routes_answer_exactly_and_refuse_hostile_input_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    signing_key_file(&key);
-    let token = "tlog-routes-token";
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    store
-        .save_batch(&items(&sample_lines()[..300]))
-        .await
-        .unwrap()
-        .committed();
-    let server = Server::start(&db.url, dir.path(), &key, &digest);
-    let note = wait_checkpoint(&server, token, 300).await;
+    // `dir` holds serve's key and LMDB: kept until the end.
+    let Served {
+        dir: _dir,
+        token,
+        db,
+        server,
+        note,
+        ..
+    } = Served::start("tlog-routes-token", 300).await;
     let t = Some(token);
 
     // Tokens guard every log route.
@@ -1050,21 +1092,17 @@ async fn wait_exit(server: &mut Server) -> std::process::ExitStatus {
 /// the last (the proof verified against the signed roots).
 #[tokio::test]
 async fn the_integrator_killed_mid_step_continues_with_no_leaf_lost_or_duplicated() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    signing_key_file(&key);
-    let token = "tlog-crash-token";
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    let lines = sample_lines();
-    store
-        .save_batch(&items(&lines[..100]))
-        .await
-        .unwrap()
-        .committed();
-    let server = Server::start(&db.url, dir.path(), &key, &digest);
-    let first = wait_checkpoint(&server, token, 100).await;
+    let Served {
+        dir,
+        key,
+        token,
+        digest,
+        db,
+        store,
+        lines,
+        server,
+        note: first,
+    } = Served::start("tlog-crash-token", 100).await;
     drop(server); // SIGKILL
 
     // Steps of 50: the third aborts before its commit, then (next start) the second after it.
@@ -1150,21 +1188,15 @@ async fn the_integrator_killed_mid_step_continues_with_no_leaf_lost_or_duplicate
 /// proof against a checkpoint that holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_event_not_yet_in_a_checkpoint_has_no_proof_yet_then_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("log.key");
-    signing_key_file(&key);
-    let token = "tlog-unlogged-token";
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
-    let db = TestDb::new().await;
-    let store = db.store().await;
-    let lines = sample_lines();
-    store
-        .save_batch(&items(&lines[..10]))
-        .await
-        .unwrap()
-        .committed();
-    let server = Server::start(&db.url, dir.path(), &key, &digest);
-    wait_checkpoint(&server, token, 10).await;
+    let Served {
+        dir: _dir,
+        token,
+        db,
+        store,
+        lines,
+        server,
+        ..
+    } = Served::start("tlog-unlogged-token", 10).await;
 
     // An open transaction that wrote (it has a transaction id): the horizon stays below it.
     let open = db.insert_held(&EventRow::opaque("held", b"{}")).await;
