@@ -21,6 +21,8 @@ pub mod reason;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod test_data;
 pub mod tlog;
 pub mod transparency;
 pub mod verify;

@@ -580,14 +580,7 @@ mod tests {
     use crate::envelope::{decode, decode_base64, validate};
     use bytes::Bytes;
 
-    const VECTORS: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/nekhebet-core-4.0.0.jsonl"
-    ));
-    const SAMPLES: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelopes-2000.jsonl"
-    ));
+    use crate::test_data::{SAMPLES, VECTORS};
 
     struct Vector {
         name: String,

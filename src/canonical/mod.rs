@@ -95,10 +95,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub(super) const VECTORS: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/nekhebet-core-4.0.0.jsonl"
-    ));
+    pub(super) use crate::test_data::VECTORS;
 
     #[test]
     fn canonical_examples() {

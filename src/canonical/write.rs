@@ -54,12 +54,38 @@ fn python_int(lit: &str) -> &str {
 
 /// Appends the canonical form of `v` (sorted keys, Python number forms, compact).
 pub fn write_canonical(v: &Json<'_>, out: &mut Vec<u8>) {
+    write(v, Style::Canonical, out);
+}
+
+/// Appends `v` as msgspec's encoder would write the decoded Python value: members in
+/// document order, compact, msgspec float forms, integers as Python prints them.
+pub fn write_msgspec(v: &Json<'_>, out: &mut Vec<u8>) {
+    write(v, Style::Msgspec, out);
+}
+
+/// What differs between the two writers: the order of an object's members and the float form.
+#[derive(Clone, Copy)]
+enum Style {
+    /// Members sorted by key (`str` ordering is UTF-8 byte order, which is code point order:
+    /// exactly how Python sorts `str` keys); floats as Python's `repr`.
+    Canonical,
+    /// Members in document order; floats as msgspec writes them.
+    Msgspec,
+}
+
+fn write(v: &Json<'_>, style: Style, out: &mut Vec<u8>) {
     match v {
         Json::Null => out.extend_from_slice(b"null"),
         Json::Bool(true) => out.extend_from_slice(b"true"),
         Json::Bool(false) => out.extend_from_slice(b"false"),
         Json::Int(lit) => out.extend_from_slice(python_int(lit).as_bytes()),
-        Json::Float(f) => out.extend_from_slice(python_float_repr(*f).as_bytes()),
+        Json::Float(f) => {
+            let form = match style {
+                Style::Canonical => python_float_repr(*f),
+                Style::Msgspec => msgspec_float(*f),
+            };
+            out.extend_from_slice(form.as_bytes());
+        }
         Json::Str(s) => write_json_string(s, out),
         Json::Array(items) => {
             out.push(b'[');
@@ -67,15 +93,16 @@ pub fn write_canonical(v: &Json<'_>, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_canonical(item, out);
+                write(item, style, out);
             }
             out.push(b']');
         }
         Json::Object(members) => {
             let mut order: Vec<&(Cow<'_, str>, Json<'_>)> = members.iter().collect();
-            // `str` ordering is UTF-8 byte order, which is code point order: exactly
-            // how Python sorts `str` keys.
-            order.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+            match style {
+                Style::Canonical => order.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref())),
+                Style::Msgspec => {}
+            }
             out.push(b'{');
             for (i, (k, val)) in order.into_iter().enumerate() {
                 if i > 0 {
@@ -83,42 +110,7 @@ pub fn write_canonical(v: &Json<'_>, out: &mut Vec<u8>) {
                 }
                 write_json_string(k, out);
                 out.push(b':');
-                write_canonical(val, out);
-            }
-            out.push(b'}');
-        }
-    }
-}
-
-/// Appends `v` as msgspec's encoder would write the decoded Python value: members in
-/// document order, compact, msgspec float forms, integers as Python prints them.
-pub fn write_msgspec(v: &Json<'_>, out: &mut Vec<u8>) {
-    match v {
-        Json::Null => out.extend_from_slice(b"null"),
-        Json::Bool(true) => out.extend_from_slice(b"true"),
-        Json::Bool(false) => out.extend_from_slice(b"false"),
-        Json::Int(lit) => out.extend_from_slice(python_int(lit).as_bytes()),
-        Json::Float(f) => out.extend_from_slice(msgspec_float(*f).as_bytes()),
-        Json::Str(s) => write_json_string(s, out),
-        Json::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_msgspec(item, out);
-            }
-            out.push(b']');
-        }
-        Json::Object(members) => {
-            out.push(b'{');
-            for (i, (k, val)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_string(k, out);
-                out.push(b':');
-                write_msgspec(val, out);
+                write(val, style, out);
             }
             out.push(b'}');
         }

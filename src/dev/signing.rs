@@ -350,14 +350,7 @@ mod tests {
     use chrono::TimeZone;
     use serde_json::json;
 
-    const SAMPLES: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelopes-2000.jsonl"
-    ));
-    const VECTORS: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/nekhebet-core-4.0.0.jsonl"
-    ));
+    use crate::test_data::{SAMPLES, VECTORS};
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[42; 32])

@@ -61,14 +61,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    const VECTORS: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/nekhebet-core-4.0.0.jsonl"
-    ));
-    const SAMPLES: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelopes-2000.jsonl"
-    ));
+    use crate::test_data::{SAMPLES, VECTORS};
 
     pub(super) fn vectors() -> Vec<(String, String, Vec<u8>)> {
         VECTORS

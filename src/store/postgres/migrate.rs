@@ -12,47 +12,31 @@ struct Migration {
     sql: &'static str,
 }
 
+/// `migration!(version, "file_stem", "name")`: the step in `migrations/<file_stem>.sql`.
+macro_rules! migration {
+    ($version:literal, $file:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../../migrations/", $file, ".sql")),
+        }
+    };
+}
+
+/// In order; a file's stem is its version (4 digits) and its name (a unit test checks both).
 const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "nekhebet_store_4_0",
-        sql: include_str!("../../../migrations/0001_nekhebet_store_4_0.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "provenance_offsets_append_only",
-        sql: include_str!("../../../migrations/0002_provenance_offsets_append_only.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "roles",
-        sql: include_str!("../../../migrations/0003_roles.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "writer_sequence",
-        sql: include_str!("../../../migrations/0004_writer_sequence.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "exactly_once",
-        sql: include_str!("../../../migrations/0005_exactly_once.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "read_indexes",
-        sql: include_str!("../../../migrations/0006_read_indexes.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "commit_order",
-        sql: include_str!("../../../migrations/0007_commit_order.sql"),
-    },
-    Migration {
-        version: 8,
-        name: "tlog",
-        sql: include_str!("../../../migrations/0008_tlog.sql"),
-    },
+    migration!(1, "0001_nekhebet_store_4_0", "nekhebet_store_4_0"),
+    migration!(
+        2,
+        "0002_provenance_offsets_append_only",
+        "provenance_offsets_append_only"
+    ),
+    migration!(3, "0003_roles", "roles"),
+    migration!(4, "0004_writer_sequence", "writer_sequence"),
+    migration!(5, "0005_exactly_once", "exactly_once"),
+    migration!(6, "0006_read_indexes", "read_indexes"),
+    migration!(7, "0007_commit_order", "commit_order"),
+    migration!(8, "0008_tlog", "tlog"),
 ];
 
 impl PgStore {
@@ -88,5 +72,33 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in migrations/ is embedded, in version order from 1 without a gap, under the
+    /// name its file carries, with the file's exact text.
+    #[test]
+    fn every_migration_file_is_embedded_in_order_under_its_name() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(embedded, files);
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1);
+            let text = std::fs::read_to_string(format!("{dir}/{}", files[i])).unwrap();
+            assert_eq!(m.sql, text, "{}", files[i]);
+        }
     }
 }
