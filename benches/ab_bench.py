@@ -25,7 +25,8 @@ import tempfile
 import time
 import uuid
 
-from common import DEV_BIN, ROOT, create_db, drop_db, last_json_line, log, main_guard, run
+from common import DEV_BIN, ROOT, die, drop_db, last_json_line, log, main_guard, run
+from ingest_bench import Resources, worker_env
 
 
 def contender(spec):
@@ -50,23 +51,23 @@ def main():
     ap.add_argument("--verify", default="true", choices=["true", "false"])
     a = ap.parse_args()
 
-    topic = f"bench-ab-{uuid.uuid4().hex[:8]}"
-    log(f"producing {a.count} envelopes to {topic} ({a.partitions} partitions)…")
-    run([DEV_BIN, "produce", "--topic", topic, "--count", str(a.count), "--partitions", str(a.partitions),
-         "--seed", "7"], what="produce")
-    work = tempfile.mkdtemp(prefix="nekhebet-ab-", dir=os.path.join(ROOT, ".local"))
+    res = Resources(tempfile.mkdtemp(prefix="nekhebet-ab-", dir=os.path.join(ROOT, ".local")))
     rates = {c["label"]: [] for c in a.contender}
     try:
+        topic = f"bench-ab-{uuid.uuid4().hex[:8]}"
+        res.topics.append(topic)
+        log(f"producing {a.count} envelopes to {topic} ({a.partitions} partitions)…")
+        run([DEV_BIN, "produce", "--topic", topic, "--count", str(a.count), "--partitions",
+             str(a.partitions), "--seed", "7"], what="produce")
         for r in range(a.rounds):
             for c in a.contender:
                 name = f"bench_ab_{uuid.uuid4().hex[:8]}"
-                url = create_db(name)
-                lmdb = os.path.join(work, name)
-                env = {"NEKHEBET_POSTGRES__URL": url, "NEKHEBET_LMDB__PATH": lmdb,
-                       "NEKHEBET_LMDB__LAYOUT": a.layout, "NEKHEBET_VERIFY__ENABLED": a.verify,
-                       "NEKHEBET_LMDB__MAP_SIZE": str(8 << 30), "NEKHEBET_KAFKA__TOPICS": f"[{topic}]",
-                       "NEKHEBET_KAFKA__GROUP_ID": name, "NEKHEBET_TELEMETRY__LISTEN": "",
-                       "NEKHEBET_LOG__LEVEL": "warn", **c["env"]}
+                url = res.db(name)
+                lmdb = os.path.join(res.workdir, name)
+                # The contender's own settings win; no telemetry listener unless it asks for one.
+                env = worker_env(name, url, lmdb, a.layout, topic, a.verify == "true", 0, c["env"])
+                if "NEKHEBET_TELEMETRY__LISTEN" not in c["env"]:
+                    env["NEKHEBET_TELEMETRY__LISTEN"] = ""
                 try:
                     os.chdir(c["cwd"])
                     run([c["binary"], "migrate"], env, what=f"{c['label']}: migrate")
@@ -74,17 +75,17 @@ def main():
                               what=f"{c['label']}: ingest")
                 finally:
                     os.chdir(ROOT)
+                    # Each run's store goes at once: a dozen 200,000-envelope stores would fill the disk.
                     drop_db(name)
                     shutil.rmtree(lmdb, ignore_errors=True)
                 report = last_json_line(out, c["label"])
                 stored = report["outcomes"].get("stored", 0)
                 if stored != a.count:
-                    raise SystemExit(f"{c['label']}: stored {stored} of {a.count}")
+                    die(f"{c['label']}: stored {stored} of {a.count}")
                 rates[c["label"]].append(report["committed_per_s"])
                 log(f"round {r + 1}/{a.rounds}  {c['label']:<36} {report['committed_per_s']:>9.0f} envelopes/s")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        run([DEV_BIN, "delete-topics", topic], what="delete-topics")
+        res.cleanup()
     log(f"\nmedians ({a.count} envelopes, layout {a.layout}, verification {a.verify}, {a.rounds} rounds):")
     first = statistics.median(rates[a.contender[0]["label"]])
     for c in a.contender:
