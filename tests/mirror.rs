@@ -168,13 +168,7 @@ async fn walking_the_workers_own_batches_stores_the_cursor_at_most_once_a_second
     for chunk in lines.chunks(1000) {
         hybrid.save_batch(&items(chunk)).await.unwrap().committed();
     }
-    let last: i64 = db
-        .client()
-        .await
-        .query_one("SELECT max(seq) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let last: i64 = db.scalar("SELECT max(seq) FROM events").await;
 
     let before = lmdb.last_txn_id();
     let started = std::time::Instant::now();
@@ -210,13 +204,7 @@ async fn walking_the_workers_own_batches_stores_the_cursor_at_most_once_a_second
         .map(|_| String::from_utf8(producer.next()).unwrap())
         .collect();
     hybrid.save_batch(&items(&more)).await.unwrap().committed();
-    let end: i64 = db
-        .client()
-        .await
-        .query_one("SELECT max(seq) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let end: i64 = db.scalar("SELECT max(seq) FROM events").await;
     let running = Running::start(&pg, &lmdb);
     lag_zero(&running.status).await;
     running.stop().await;

@@ -38,10 +38,6 @@ fn at(mut item: Item, topic: &str, partition: i32, offset: i64) -> Item {
     item
 }
 
-async fn scalar(db: &TestDb, sql: &str) -> i64 {
-    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
-}
-
 /// nekhebet-store 4.0 stores a re-signed envelope (same id, same payload, new nonce) as a
 /// duplicate (`ON CONFLICT (content_hash) DO NOTHING`). The outcome must not depend on which path
 /// the batch took: the blind COPY (a fresh store), the lookup path (after a conflict), or both in
@@ -108,8 +104,8 @@ async fn a_resigned_envelope_is_a_duplicate_whichever_path_saves_it() {
         "within one batch"
     );
 
-    assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 2);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM replay_guard").await, 5);
+    assert_eq!(db.scalar("SELECT count(*) FROM events").await, 2);
+    assert_eq!(db.scalar("SELECT count(*) FROM replay_guard").await, 5);
 }
 
 /// The same event id with another payload is not the same event: it is dead-lettered with its own
@@ -221,7 +217,7 @@ async fn a_topic_where_every_message_is_published_twice_stores_each_once_with_no
         "{report:#?}"
     );
     assert!(k::read_all(&format!("{}.dlq", s.topic)).is_empty());
-    assert_eq!(scalar(&s.db, "SELECT count(*) FROM events").await, 300);
+    assert_eq!(s.db.scalar("SELECT count(*) FROM events").await, 300);
 }
 
 /// `import` retrying a batch whose PostgreSQL commit went through (a lost COMMIT
@@ -316,7 +312,7 @@ async fn an_impostor_cannot_burn_a_producers_next_nonce_without_a_key_registry()
     assert_eq!(dlq[&positions[0]], ("key_id_mismatch".into(), fresh));
     assert_eq!(dlq[&positions[1]], ("key_id_mismatch".into(), stolen));
     assert_eq!(dlq.len(), 2);
-    assert_eq!(scalar(&s.db, "SELECT count(*) FROM events").await, 3);
+    assert_eq!(s.db.scalar("SELECT count(*) FROM events").await, 3);
 }
 
 /// Replay-guard retention cannot open the window wide: a cutoff below the configured retention is
@@ -375,7 +371,7 @@ async fn replay_guard_cleanup_cannot_reopen_the_replay_window() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(scalar(&db, "SELECT count(*) FROM replay_guard").await, 1);
+    assert_eq!(db.scalar("SELECT count(*) FROM replay_guard").await, 1);
 
     // The replay attempt (same key_id and nonce, another envelope) is still refused.
     let mut replay = p.next_spec();
@@ -391,7 +387,7 @@ async fn replay_guard_cleanup_cannot_reopen_the_replay_window() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("outside_replay_window"), "{stderr}");
-    assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(db.scalar("SELECT count(*) FROM events").await, 1);
 }
 
 /// When a partition has no progress row yet, locking it locks nothing: a batch must wait for a
@@ -434,7 +430,7 @@ async fn a_partitions_first_batch_waits_for_a_writer_creating_its_progress_row()
     tx.commit().await.unwrap();
     let outcomes = saving.await.unwrap().unwrap().committed();
     assert_eq!(outcomes, [Outcome::Redelivered; 4]);
-    assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 0);
+    assert_eq!(db.scalar("SELECT count(*) FROM events").await, 0);
 }
 
 /// A producer rotating its key: the new key is refused until an operator pins it (`keys pin`),
@@ -504,5 +500,5 @@ async fn a_rotated_key_is_accepted_once_pinned_and_an_unpinned_key_is_refused() 
         listed.contains(&b64(&new)) && !listed.contains(&b64(&old)),
         "{listed}"
     );
-    assert_eq!(scalar(&db, "SELECT count(*) FROM events").await, 3);
+    assert_eq!(db.scalar("SELECT count(*) FROM events").await, 3);
 }

@@ -376,12 +376,5 @@ async fn bench_ceiling_refuses_a_database_that_holds_events() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("empty database"), "{stderr}");
-    let n: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 3);
+    assert_eq!(db.scalar("SELECT count(*) FROM events").await, 3);
 }

@@ -65,6 +65,16 @@ impl TestDb {
             .expect("connect to test db")
     }
 
+    /// The single `bigint` a query returns (a count, a max).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
     /// A raw client for assertions.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
