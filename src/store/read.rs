@@ -29,7 +29,6 @@ use uuid::Uuid;
 use super::lmdb::BlobKey;
 use super::postgres::{Followed, Located};
 use super::{HybridStore, LmdbStore, PgStore, Store, StoreError};
-use crate::config::LmdbLayout;
 use crate::envelope::{decode, Limits};
 use crate::telemetry::names;
 
@@ -166,9 +165,7 @@ impl Store {
             Store::Lmdb(_) => Ok(self.read(key).await?.map(|f| f.content_hash)),
         }
     }
-}
 
-impl Store {
     /// The checked envelope bytes of `rows` (located by PostgreSQL's commit order), in their order,
     /// by the policy of [`Store::read`].
     pub async fn read_many(&self, rows: &[Followed]) -> Result<Vec<Bytes>, ReadError> {
@@ -200,10 +197,7 @@ impl HybridStore {
     async fn read_many(&self, rows: &[Followed]) -> Result<Vec<Bytes>, ReadError> {
         let keys = rows
             .iter()
-            .map(|r| match self.layout() {
-                LmdbLayout::Compatible => BlobKey::Hash(r.content_hash.clone()),
-                LmdbLayout::Append => BlobKey::Seq(r.pos.seq),
-            })
+            .map(|r| BlobKey::of(self.layout(), r.pos.seq, &r.content_hash))
             .collect();
         let blobs = self.lmdb().read_blobs(keys).await?;
         let owned = rows.to_vec();
@@ -238,10 +232,7 @@ impl HybridStore {
         let Some(at) = self.pg().locate(key).await? else {
             return Ok(None);
         };
-        let blob_key = match self.layout() {
-            LmdbLayout::Compatible => BlobKey::Hash(at.content_hash.clone()),
-            LmdbLayout::Append => BlobKey::Seq(at.seq),
-        };
+        let blob_key = BlobKey::of(self.layout(), at.seq, &at.content_hash);
         match self.lmdb().read_blob(blob_key).await? {
             Some(bytes) => match checked(&bytes, Some(at.id), &at.content_hash).await {
                 Ok(()) => {

@@ -13,7 +13,7 @@
 use uuid::Uuid;
 
 use super::{run_blocking, LmdbStore};
-use crate::config::LmdbConfig;
+use crate::config::{LmdbConfig, LmdbLayout};
 use crate::store::{Access, StoreError};
 
 /// Where a blob is kept: under its content hash (compatible layout) or its PostgreSQL `events.seq`
@@ -22,6 +22,16 @@ use crate::store::{Access, StoreError};
 pub enum BlobKey {
     Hash(String),
     Seq(i64),
+}
+
+impl BlobKey {
+    /// The key the event stored as `seq` with `content_hash` has in an environment of `layout`.
+    pub fn of(layout: LmdbLayout, seq: i64, content_hash: &str) -> BlobKey {
+        match layout {
+            LmdbLayout::Compatible => BlobKey::Hash(content_hash.to_owned()),
+            LmdbLayout::Append => BlobKey::Seq(seq),
+        }
+    }
 }
 
 impl std::fmt::Display for BlobKey {

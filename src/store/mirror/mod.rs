@@ -352,7 +352,10 @@ impl Mirror {
             return Ok(Page::Interrupted);
         }
         let layout = self.lmdb.layout();
-        let keys = rows.iter().map(|r| key(layout, r)).collect();
+        let keys = rows
+            .iter()
+            .map(|r| BlobKey::of(layout, r.pos.seq, &r.content_hash))
+            .collect();
         let present = self.lmdb.present(keys).await?;
         let plan_rows: Vec<Row> = rows
             .iter()
@@ -409,7 +412,7 @@ impl Mirror {
             .into_iter()
             .map(|r| {
                 (
-                    key(layout, r),
+                    BlobKey::of(layout, r.pos.seq, &r.content_hash),
                     r.clone(),
                     bytes.remove(&r.pos.seq).map(Bytes::from),
                 )
@@ -458,14 +461,6 @@ struct State {
     /// The follow's cursor over pages that needed no copy, not stored yet (see the module docs).
     confirmed: Option<CommitPos>,
     cursor_stored: Instant,
-}
-
-/// The key a row's blob is kept under in `layout`.
-fn key(layout: LmdbLayout, row: &Followed) -> BlobKey {
-    match layout {
-        LmdbLayout::Compatible => BlobKey::Hash(row.content_hash.clone()),
-        LmdbLayout::Append => BlobKey::Seq(row.pos.seq),
-    }
 }
 
 /// Sleeps `d` unless shut down first: whether the full time passed.
