@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::pg::{EventRow, TestDb};
 use common::worker::{cli_on, import_file, Producer};
+use futures::StreamExt;
 use nekhebet_store::envelope::{decode, Limits};
 use nekhebet_store::store::lmdb::BlobKey;
 use nekhebet_store::store::LmdbStore;
@@ -230,6 +231,27 @@ impl Stored {
 }
 
 impl Stored {
+    /// Writes `other`'s bytes into LMDB under the key the environment's layout reads `genuine` by
+    /// (a foreign blob, as a restored or misdirected copy would hold).
+    async fn plant_foreign_blob(&self, genuine: &[u8], other: &[u8]) {
+        let h = header(genuine);
+        let mut cfg = nekhebet_store::config::Config::default().lmdb;
+        cfg.path = self.lmdb();
+        cfg.map_size = 1 << 20;
+        let lmdb = LmdbStore::open(&cfg, false).await.unwrap();
+        let key = match lmdb.layout() {
+            nekhebet_store::config::LmdbLayout::Compatible => BlobKey::Hash(h.payload_hash.clone()),
+            nekhebet_store::config::LmdbLayout::Append => BlobKey::Seq(
+                self.db
+                    .scalar(&format!("SELECT seq FROM events WHERE id = '{}'", h.id))
+                    .await,
+            ),
+        };
+        lmdb.replace_blobs(vec![(key, other.to_vec().into())])
+            .await
+            .unwrap();
+    }
+
     /// Imports more envelopes into the same database and LMDB (through the CLI, as a writer
     /// beside the server).
     fn import(&self, lines: &[Vec<u8>]) {
@@ -816,34 +838,100 @@ async fn tls_serves_a_client_that_trusts_the_certificate_and_refuses_plain_http(
 /// A foreign blob in LMDB (written by another process while `serve` runs) is never served, neither
 /// by `GET /v1/events/{id}` nor by the stream: the read falls back to PostgreSQL's bytes and the
 /// failure is counted.
+/// Reads that arrive together are answered in shared pages (one PostgreSQL query, one LMDB read
+/// transaction for many), and each request still gets exactly its own answer: its event's bytes by
+/// id or by content hash, 404 for an absent one, PostgreSQL's copy where LMDB's blob fails its
+/// check — in hybrid mode and with `store.mode = postgres`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_once_share_pages_and_each_gets_exactly_its_own_answer() {
+    for mode in ["hybrid", "postgres"] {
+        let case = sample_served(&[("NEKHEBET_STORE__MODE", mode)]).await;
+        let (server, stored) = (&case.server, &case.stored);
+        let (genuine, other) = (&stored.lines[3], &stored.lines[4]);
+        stored.plant_foreign_blob(genuine, other).await;
+        // (path, the answer expected: the bytes, or None for a 404)
+        let mut asks: Vec<(String, Option<&Vec<u8>>)> = Vec::new();
+        for (i, line) in stored.lines.iter().enumerate() {
+            let h = header(line);
+            asks.push((format!("/v1/events/{}", h.id), Some(line)));
+            if i % 3 == 0 {
+                asks.push((format!("/v1/events/by-hash/{}", h.payload_hash), Some(line)));
+            }
+            if i % 20 == 0 {
+                asks.push((format!("/v1/events/{}", uuid::Uuid::new_v4()), None));
+                asks.push((format!("/v1/events/{}", header(genuine).id), Some(genuine)));
+            }
+        }
+        let http = client();
+        let answers: Vec<(u16, Option<String>, Vec<u8>)> =
+            futures::stream::iter(asks.iter().map(|(path, _)| {
+                let r = http.get(server.url(path)).send();
+                async move {
+                    let r = r.await.unwrap();
+                    let from = r
+                        .headers()
+                        .get(nekhebet_store::serve::SERVED_FROM)
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    (r.status().as_u16(), from, r.bytes().await.unwrap().to_vec())
+                }
+            }))
+            .buffered(96)
+            .collect()
+            .await;
+        for ((path, expected), (status, from, body)) in asks.iter().zip(&answers) {
+            match expected {
+                Some(bytes) => {
+                    assert_eq!(
+                        *status,
+                        200,
+                        "{mode} {path}: {}",
+                        String::from_utf8_lossy(body)
+                    );
+                    assert_eq!(body, *bytes, "{mode} {path}: exactly its own bytes");
+                    let want = match (mode, *bytes == genuine) {
+                        ("hybrid", false) => "lmdb",
+                        _ => "postgres",
+                    };
+                    assert_eq!(from.as_deref(), Some(want), "{mode} {path}");
+                }
+                None => assert_eq!(
+                    (*status, code(&String::from_utf8_lossy(body))),
+                    (404, "not_found".to_string()),
+                    "{mode} {path}"
+                ),
+            }
+        }
+        let pages = server
+            .metric("nekhebet_serve_read_page_keys_count", &[])
+            .await;
+        let reads = server
+            .metric("nekhebet_serve_read_page_keys_sum", &[])
+            .await;
+        assert_eq!(reads, asks.len() as f64, "{mode}: every read in a page");
+        assert!(
+            pages < reads / 4.0,
+            "{mode}: {reads} reads in {pages} pages: they were not gathered"
+        );
+        if mode == "hybrid" {
+            let planted = asks.iter().filter(|(_, e)| *e == Some(genuine)).count() as f64;
+            assert_eq!(
+                server
+                    .metric("nekhebet_read_check_failures_total", &[("store", "lmdb")])
+                    .await,
+                planted,
+                "each read of the planted blob checked it and refused it"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_blob_written_beside_the_server_is_never_served() {
     let case = sample_served(&[]).await;
     let (server, stored) = (&case.server, &case.stored);
     let (genuine, other) = (&stored.lines[3], &stored.lines[4]);
     let h = header(genuine);
-    let mut cfg = nekhebet_store::config::Config::default().lmdb;
-    cfg.path = stored.lmdb();
-    cfg.map_size = 1 << 20;
-    let lmdb = LmdbStore::open(&cfg, false).await.unwrap();
-    // Under the key the environment's layout reads the genuine envelope by.
-    let key = match lmdb.layout() {
-        nekhebet_store::config::LmdbLayout::Compatible => BlobKey::Hash(h.payload_hash.clone()),
-        nekhebet_store::config::LmdbLayout::Append => BlobKey::Seq(
-            stored
-                .db
-                .client()
-                .await
-                .query_one("SELECT seq FROM events WHERE id = $1", &[&h.id])
-                .await
-                .unwrap()
-                .get(0),
-        ),
-    };
-    lmdb.replace_blobs(vec![(key, other.clone().into())])
-        .await
-        .unwrap();
-    drop(lmdb);
+    stored.plant_foreign_blob(genuine, other).await;
     let r = server.get(&format!("/v1/events/{}", h.id)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()[nekhebet_store::serve::SERVED_FROM], "postgres");

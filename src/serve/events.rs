@@ -54,7 +54,7 @@ async fn one(state: &AppState, key: Key, headers: &HeaderMap) -> Result<Response
             return Ok((StatusCode::NOT_MODIFIED, cache_headers(&hash)).into_response());
         }
     }
-    let found = present(state.store.read(&key).await, &key)?;
+    let found = present(state.gather.read(key.clone()).await, &key)?;
     let origin = match found.origin {
         Origin::Lmdb => "lmdb",
         Origin::Postgres => "postgres",

@@ -10,6 +10,7 @@
 //! | `mod` | [`start`]: checks, state, the router |
 //! | `auth` | bearer tokens (SHA-256 digests, constant-time), the loopback rule |
 //! | `events` | `GET /v1/events/{id}`, `GET /v1/events/by-hash/{content_hash}` |
+//! | `gather` | single-event reads answered in pages |
 //! | `list` | `GET /v1/events`: filters, keyset pages, the ndjson stream |
 //! | `cursor` | the listing's opaque cursor |
 //! | `stream` | `GET /v1/stream`: Server-Sent Events in commit order, then live |
@@ -25,6 +26,7 @@ pub mod auth;
 mod cursor;
 mod error;
 mod events;
+mod gather;
 mod health;
 mod io;
 mod list;
@@ -59,6 +61,8 @@ pub use stream::{format_position, parse_position};
 #[derive(Clone)]
 pub struct AppState {
     store: Store,
+    /// Single-event reads, answered in pages.
+    gather: gather::Gather,
     /// Single-event reads in progress (`serve.max_concurrent_reads`).
     reads: Arc<Semaphore>,
     /// Listings streaming (`serve.max_concurrent_listings`).
@@ -122,6 +126,7 @@ pub async fn start(
         gauges.watch_mirror(status.clone());
     }
     let state = AppState {
+        gather: gather::Gather::start(store.clone()),
         reads: Arc::new(Semaphore::new(cfg.max_concurrent_reads)),
         listings: Arc::new(Semaphore::new(cfg.max_concurrent_listings)),
         streams: Arc::new(Semaphore::new(cfg.max_concurrent_streams)),

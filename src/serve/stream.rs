@@ -15,10 +15,10 @@
 //! `: keep-alive` comment every 15 s.
 //!
 //! **Memory.** The connection pulls the body: a page of at most [`PAGE`] events (and about 1 MiB:
-//! the page shrinks for large envelopes) is located, read,
-//! checked and framed only when the previous one was written, so a slow client holds one page, a
-//! client that stops reading is cut by `serve.write_timeout_ms`, and no PostgreSQL connection is
-//! held between pages. At most `serve.max_concurrent_streams` are open; more get 503 `busy`.
+//! the page shrinks for large envelopes) is read, checked and framed while the previous one is
+//! written (and the rows of the one after it located meanwhile), and nothing further until that
+//! one was handed over, so a slow client holds two pages, a client that stops reading is cut by `serve.write_timeout_ms`, and no PostgreSQL
+//! connection is held between pages. At most `serve.max_concurrent_streams` are open; more get 503 `busy`.
 //!
 //! **Live.** One task per server reads the commit horizon every `serve.stream_poll_ms` while a
 //! stream is open and wakes the streams when it moved (a write transaction finished); a woken
@@ -42,10 +42,11 @@ use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::error::{clip, ApiError};
 use super::AppState;
-use crate::store::postgres::{CommitPos, PgStore};
+use crate::store::postgres::{CommitPos, Followed, PgStore};
 use crate::store::Store;
 
 /// Events a page holds at most.
@@ -187,6 +188,8 @@ pub async fn stream(
         shutdown: state.shutdown.clone(),
         ended: false,
         page_rows: FIRST_PAGE,
+        rows_ahead: None,
+        page_ahead: None,
         _slot: slot,
     };
     let body = futures::stream::unfold(follower, |mut f| async move {
@@ -218,6 +221,10 @@ struct Follower {
     ended: bool,
     /// Events the next page asks for (see [`PAGE_BYTES`]).
     page_rows: i64,
+    /// The rows after the page being read ahead, followed meanwhile (aborted with the body).
+    rows_ahead: Option<Ahead<Vec<Followed>>>,
+    /// The page after the one being written, read meanwhile.
+    page_ahead: Option<Ahead<Page>>,
     /// Held while the body lives.
     _slot: OwnedSemaphorePermit,
 }
@@ -231,7 +238,11 @@ impl Follower {
         }
         loop {
             self.horizon = self.horizon.max(*self.moved.borrow_and_update());
-            let page = match self.page().await {
+            let page = match self.page_ahead.take() {
+                Some(task) => finished(task).await.map(Some),
+                None => self.page_now().await,
+            };
+            let page = match page {
                 Ok(page) => page,
                 Err(e) => {
                     self.ended = true;
@@ -240,8 +251,11 @@ impl Follower {
                     return Some(Err(std::io::Error::other(e)));
                 }
             };
-            if let Some(frames) = page {
-                return Some(Ok(frames));
+            if let Some(page) = page {
+                self.after = page.last;
+                self.page_rows = page.next_rows;
+                self.read_ahead().await;
+                return Some(Ok(page.frames));
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
@@ -251,36 +265,102 @@ impl Follower {
         }
     }
 
-    /// The frames of the next page below the horizon, `None` when there is none yet.
-    async fn page(&mut self) -> Result<Option<Bytes>, String> {
-        let rows = self
-            .pg
-            .follow(self.after, self.horizon, self.page_rows)
-            .await
-            .map_err(|e| format!("following the store: {e}"))?;
+    /// The next page, followed and read now (nothing was read ahead: the first page, or the
+    /// stream caught up); the rows after it are followed meanwhile.
+    async fn page_now(&mut self) -> Result<Option<Page>, String> {
+        let rows = follow(self.pg.clone(), self.after, self.horizon, self.page_rows).await?;
         let Some(last) = rows.last().map(|r| r.pos) else {
             return Ok(None);
         };
-        let envelopes = self
-            .store
-            .read_many(&rows)
-            .await
-            .map_err(|e| format!("reading the page's envelopes: {e}"))?;
-        let bytes: usize = envelopes.iter().map(Bytes::len).sum();
-        self.page_rows = page_rows(bytes, envelopes.len());
-        let frames = tokio::task::spawn_blocking(move || {
-            let mut out =
-                BytesMut::with_capacity(envelopes.iter().map(|e| e.len() + 64).sum::<usize>());
-            for (row, envelope) in rows.iter().zip(&envelopes) {
-                frame(&mut out, row.pos, envelope);
-            }
-            out.freeze()
-        })
-        .await
-        .map_err(|e| format!("framing: {e}"))?;
-        self.after = last;
-        Ok(Some(frames))
+        self.rows_ahead =
+            Some(self.spawn(follow(self.pg.clone(), last, self.horizon, self.page_rows)));
+        read_rows(self.store.clone(), rows).await.map(Some)
     }
+
+    /// After a page was handed over: the rows followed ahead are read (while that page is
+    /// written), and the rows after them followed. Rows found none are not waited for: the next
+    /// page is then followed anew, below the horizon of that moment.
+    async fn read_ahead(&mut self) {
+        let Some(task) = self.rows_ahead.take() else {
+            return;
+        };
+        let rows = match finished(task).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.page_ahead = Some(self.spawn(async move { Err(e) }));
+                return;
+            }
+        };
+        let Some(last) = rows.last().map(|r| r.pos) else {
+            return;
+        };
+        self.rows_ahead =
+            Some(self.spawn(follow(self.pg.clone(), last, self.horizon, self.page_rows)));
+        self.page_ahead = Some(self.spawn(read_rows(self.store.clone(), rows)));
+    }
+
+    fn spawn<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+    ) -> Ahead<T> {
+        AbortOnDropHandle::new(tokio::spawn(work))
+    }
+}
+
+/// Work a stream does ahead of its client, aborted when the body is dropped.
+type Ahead<T> = AbortOnDropHandle<Result<T, String>>;
+
+/// What work done ahead came to.
+async fn finished<T>(task: Ahead<T>) -> Result<T, String> {
+    task.await
+        .unwrap_or_else(|e| Err(format!("reading ahead: {e}")))
+}
+
+/// A page of frames, ready to write.
+struct Page {
+    frames: Bytes,
+    /// The position of its last event.
+    last: CommitPos,
+    /// Events the page after it asks for.
+    next_rows: i64,
+}
+
+/// At most `rows` settled events after `after` (below `horizon`), in commit order.
+async fn follow(
+    pg: PgStore,
+    after: CommitPos,
+    horizon: i64,
+    rows: i64,
+) -> Result<Vec<Followed>, String> {
+    pg.follow(after, horizon, rows)
+        .await
+        .map_err(|e| format!("following the store: {e}"))
+}
+
+/// The frames of `rows` (not empty): their envelopes read and checked.
+async fn read_rows(store: Store, rows: Vec<Followed>) -> Result<Page, String> {
+    let last = rows.last().expect("a page has rows").pos;
+    let envelopes = store
+        .read_many(&rows)
+        .await
+        .map_err(|e| format!("reading the page's envelopes: {e}"))?;
+    let bytes: usize = envelopes.iter().map(Bytes::len).sum();
+    let next_rows = page_rows(bytes, envelopes.len());
+    let frames = tokio::task::spawn_blocking(move || {
+        let mut out =
+            BytesMut::with_capacity(envelopes.iter().map(|e| e.len() + 64).sum::<usize>());
+        for (row, envelope) in rows.iter().zip(&envelopes) {
+            frame(&mut out, row.pos, envelope);
+        }
+        out.freeze()
+    })
+    .await
+    .map_err(|e| format!("framing: {e}"))?;
+    Ok(Page {
+        frames,
+        last,
+        next_rows,
+    })
 }
 
 /// The next page's events after one of `rows` envelopes took `bytes`.

@@ -17,10 +17,14 @@
 //! LMDB by: it is the authority on which events exist (LMDB may hold a blob PostgreSQL does not),
 //! and it names the event's id, which the check compares.
 //!
-//! [`Store::read_many`] is the same policy for a page of events already located (the stream's):
-//! one LMDB read transaction and at most one PostgreSQL query for the page, the checks on the
-//! blocking pool.
+//! Every read is a page: [`Store::read_page`] answers many keys with one PostgreSQL query per kind
+//! of key (`= ANY($1)`), one LMDB read transaction, and the checks on the blocking pool, split
+//! across the cores for large pages; [`Store::read`] is a page of one, and `serve` gathers the
+//! requests that arrive together into pages (`serve::gather`). A copy that fails its check fails
+//! only its own key. [`Store::read_many`] is the same policy for a page of events already located
+//! (the stream's).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use bytes::Bytes;
@@ -146,32 +150,87 @@ async fn checked(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<
         .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")))
 }
 
+/// The answer to one key: the event's checked bytes, `None` when the store holds no such event, or
+/// why that one could not be answered.
+pub type Answer = Result<Option<Found>, ReadError>;
+
 impl Store {
-    /// The checked envelope bytes of an event (see the module docs).
-    pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
+    /// The checked envelope bytes of an event (see the module docs): [`Store::read_page`] of one.
+    pub async fn read(&self, key: &Key) -> Answer {
+        let mut answers = self.read_page(std::slice::from_ref(key)).await?;
+        answers.pop().expect("an answer a key")
+    }
+
+    /// An answer a key, in their order, by the policy of the module docs, with one PostgreSQL query
+    /// per kind of key and one LMDB read transaction for the whole page (`serve` gathers
+    /// concurrent requests into pages: [`crate::serve`]'s `gather`). `Err`: no key could be
+    /// answered (a store unreachable); a copy that fails its check fails only its own key.
+    pub async fn read_page(&self, keys: &[Key]) -> Result<Vec<Answer>, ReadError> {
         match self {
-            Store::Postgres(pg) => read_postgres(pg, key).await,
-            Store::Lmdb(lmdb) => read_lmdb(lmdb, key).await,
-            Store::Hybrid(h) => h.read(key).await,
+            Store::Postgres(pg) => {
+                let rows = pg.envelopes_of(keys).await?;
+                let keys = keys.to_vec();
+                blocking(move || {
+                    keys.iter()
+                        .zip(rows)
+                        .map(|(key, row)| {
+                            let Some((at, envelope)) = row else {
+                                return Ok(None);
+                            };
+                            let bytes = Bytes::from(envelope);
+                            let verdict = check(&bytes, Some(at.id), &at.content_hash);
+                            authority(key, "postgres", verdict)?;
+                            Ok(Some(Found {
+                                bytes,
+                                content_hash: at.content_hash,
+                                origin: Origin::Postgres,
+                            }))
+                        })
+                        .collect()
+                })
+                .await
+            }
+            Store::Hybrid(h) => {
+                let located = h.pg().locate(keys).await?;
+                let rows: Vec<Located> = located.iter().flatten().cloned().collect();
+                let mut found = h.read_located(&rows).await?.into_iter();
+                Ok(located
+                    .iter()
+                    .map(|at| match at {
+                        Some(_) => found.next().expect("an answer a row").map(Some),
+                        None => Ok(None),
+                    })
+                    .collect())
+            }
+            Store::Lmdb(lmdb) => {
+                let mut answers = Vec::with_capacity(keys.len());
+                for key in keys {
+                    answers.push(read_lmdb(lmdb, key).await);
+                }
+                Ok(answers)
+            }
         }
     }
 
     /// The content hash of an event, if the store holds it, without reading its bytes where the
     /// store can tell (conditional requests).
     pub async fn content_hash_of(&self, key: &Key) -> Result<Option<String>, ReadError> {
-        match self {
-            Store::Postgres(pg) => Ok(pg.locate(key).await?.map(|l| l.content_hash)),
-            Store::Hybrid(h) => Ok(h.pg().locate(key).await?.map(|l| l.content_hash)),
-            Store::Lmdb(_) => Ok(self.read(key).await?.map(|f| f.content_hash)),
-        }
+        let pg = match self {
+            Store::Postgres(pg) => pg,
+            Store::Hybrid(h) => h.pg(),
+            Store::Lmdb(_) => return Ok(self.read(key).await?.map(|f| f.content_hash)),
+        };
+        let mut located = pg.locate(std::slice::from_ref(key)).await?;
+        Ok(located.pop().flatten().map(|at| at.content_hash))
     }
 
     /// The checked envelope bytes of `rows` (located by PostgreSQL's commit order), in their order,
-    /// by the policy of [`Store::read`].
+    /// by the policy of [`Store::read`]; any copy of the authority's that fails fails the page.
     pub async fn read_many(&self, rows: &[Followed]) -> Result<Vec<Bytes>, ReadError> {
-        match self {
-            Store::Postgres(pg) => fill_from_postgres(pg, rows, vec![None; rows.len()]).await,
-            Store::Hybrid(h) => h.read_many(rows).await,
+        let located: Vec<Located> = rows.iter().map(Followed::located).collect();
+        let found = match self {
+            Store::Postgres(pg) => fill_from_postgres(pg, &located, vec![None; rows.len()]).await?,
+            Store::Hybrid(h) => h.read_located(&located).await?,
             Store::Lmdb(lmdb) => {
                 let keys = rows
                     .iter()
@@ -185,40 +244,42 @@ impl Store {
                         store: "lmdb",
                     })?);
                 }
-                check_all(rows, out, "lmdb").await
+                return check_all(rows, out, "lmdb").await;
             }
-        }
+        };
+        found.into_iter().map(|f| f.map(|f| f.bytes)).collect()
     }
 }
 
 impl HybridStore {
-    /// [`HybridStore::read`] for a page: LMDB's blobs that pass their check, PostgreSQL's copies
-    /// (checked as the authority's) for the others.
-    async fn read_many(&self, rows: &[Followed]) -> Result<Vec<Bytes>, ReadError> {
+    /// An answer a row located by PostgreSQL: LMDB's blob when it passes its check, else
+    /// PostgreSQL's copy (checked as the authority's). One LMDB read transaction, at most one
+    /// PostgreSQL query.
+    async fn read_located(
+        &self,
+        rows: &[Located],
+    ) -> Result<Vec<Result<Found, ReadError>>, ReadError> {
         let keys = rows
             .iter()
-            .map(|r| BlobKey::of(self.layout(), r.pos.seq, &r.content_hash))
+            .map(|r| BlobKey::of(self.layout(), r.seq, &r.content_hash))
             .collect();
         let blobs = self.lmdb().read_blobs(keys).await?;
-        let owned = rows.to_vec();
-        let kept: Vec<Option<Bytes>> = blocking(move || {
-            owned
-                .iter()
-                .zip(blobs)
-                .map(|(row, blob)| {
-                    let blob = blob?;
-                    match check(&blob, Some(row.id), &row.content_hash) {
-                        Ok(()) => Some(blob),
-                        Err(why) => {
-                            metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb")
-                                .increment(1);
-                            tracing::warn!(id = %row.id, seq = row.pos.seq, %why,
-                                "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
-                            None
-                        }
-                    }
-                })
-                .collect()
+        let work: Vec<(Located, Option<Bytes>)> = rows.iter().cloned().zip(blobs).collect();
+        let kept: Vec<Option<Bytes>> = in_parallel(work, |(row, blob)| {
+            let Some(blob) = blob else {
+                tracing::debug!(id = %row.id, seq = row.seq,
+                    "LMDB lacks the blob: serving PostgreSQL's copy");
+                return None;
+            };
+            match check(&blob, Some(row.id), &row.content_hash) {
+                Ok(()) => Some(blob),
+                Err(why) => {
+                    metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb").increment(1);
+                    tracing::warn!(id = %row.id, seq = row.seq, %why,
+                        "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
+                    None
+                }
+            }
         })
         .await?;
         let misses = kept.iter().filter(|b| b.is_none()).count() as u64;
@@ -226,69 +287,9 @@ impl HybridStore {
         metrics::counter!(names::LMDB_FALLBACKS).increment(misses);
         fill_from_postgres(self.pg(), rows, kept).await
     }
-
-    /// PostgreSQL locates, LMDB serves, PostgreSQL serves what LMDB lacks or fails.
-    pub async fn read(&self, key: &Key) -> Result<Option<Found>, ReadError> {
-        let Some(at) = self.pg().locate(key).await? else {
-            return Ok(None);
-        };
-        let blob_key = BlobKey::of(self.layout(), at.seq, &at.content_hash);
-        match self.lmdb().read_blob(blob_key).await? {
-            Some(bytes) => match checked(&bytes, Some(at.id), &at.content_hash).await {
-                Ok(()) => {
-                    metrics::counter!(names::LMDB_READ_HITS).increment(1);
-                    return Ok(Some(Found {
-                        bytes,
-                        content_hash: at.content_hash,
-                        origin: Origin::Lmdb,
-                    }));
-                }
-                Err(why) => {
-                    metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb").increment(1);
-                    tracing::warn!(id = %at.id, content_hash = %at.content_hash, seq = at.seq, %why,
-                        "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
-                }
-            },
-            None => tracing::debug!(id = %at.id, content_hash = %at.content_hash,
-                "LMDB lacks the blob: serving PostgreSQL's copy"),
-        }
-        metrics::counter!(names::LMDB_FALLBACKS).increment(1);
-        read_postgres(self.pg(), &Key::Id(at.id)).await
-    }
-
-    /// [`HybridStore::read`]'s bytes by id.
-    pub async fn get(&self, id: Uuid) -> Result<Option<Vec<u8>>, ReadError> {
-        Ok(self.read(&Key::Id(id)).await?.map(|f| f.bytes.into()))
-    }
-
-    /// [`HybridStore::read`]'s bytes by content hash.
-    pub async fn get_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>, ReadError> {
-        Ok(self
-            .read(&Key::Hash(hash.to_owned()))
-            .await?
-            .map(|f| f.bytes.into()))
-    }
 }
 
-async fn read_postgres(pg: &PgStore, key: &Key) -> Result<Option<Found>, ReadError> {
-    let Some((at, envelope)) = pg.envelope_of(key).await? else {
-        return Ok(None);
-    };
-    let bytes = Bytes::from(envelope);
-    authority(
-        key,
-        "postgres",
-        check(&bytes, Some(at.id), &at.content_hash),
-    )?;
-    let Located { content_hash, .. } = at;
-    Ok(Some(Found {
-        bytes,
-        content_hash,
-        origin: Origin::Postgres,
-    }))
-}
-
-async fn read_lmdb(lmdb: &LmdbStore, key: &Key) -> Result<Option<Found>, ReadError> {
+async fn read_lmdb(lmdb: &LmdbStore, key: &Key) -> Answer {
     let (id, content_hash) = match key {
         Key::Id(id) => match lmdb.hash_of_id(*id).await? {
             Some(h) => (Some(*id), h),
@@ -308,53 +309,62 @@ async fn read_lmdb(lmdb: &LmdbStore, key: &Key) -> Result<Option<Found>, ReadErr
     }))
 }
 
-/// `slots` (one a row, `None` where nothing was read yet) completed from PostgreSQL in one query;
-/// the copies it gave are checked as the authority's.
+/// An answer a row: LMDB's checked blob where `slots` holds one, else PostgreSQL's copy, read for
+/// all of them in one query and checked as the authority's.
 async fn fill_from_postgres(
     pg: &PgStore,
-    rows: &[Followed],
-    mut slots: Vec<Option<Bytes>>,
-) -> Result<Vec<Bytes>, ReadError> {
+    rows: &[Located],
+    slots: Vec<Option<Bytes>>,
+) -> Result<Vec<Result<Found, ReadError>>, ReadError> {
     let missing: Vec<i64> = rows
         .iter()
         .zip(&slots)
         .filter(|(_, b)| b.is_none())
-        .map(|(r, _)| r.pos.seq)
+        .map(|(r, _)| r.seq)
         .collect();
+    fn from_lmdb(row: &Located, bytes: Bytes) -> Found {
+        Found {
+            bytes,
+            content_hash: row.content_hash.clone(),
+            origin: Origin::Lmdb,
+        }
+    }
     if missing.is_empty() {
-        return Ok(slots.into_iter().flatten().collect());
+        return Ok(rows
+            .iter()
+            .zip(slots)
+            .map(|(row, b)| Ok(from_lmdb(row, b.expect("no slot is missing"))))
+            .collect());
     }
-    let mut by_seq: std::collections::HashMap<i64, Vec<u8>> =
-        pg.envelopes_by_seq(&missing).await?.into_iter().collect();
-    // Which slots hold PostgreSQL's copy: only those are checked again below.
-    let mut from_pg = vec![false; rows.len()];
-    for ((row, slot), fresh) in rows.iter().zip(&mut slots).zip(&mut from_pg) {
-        if slot.is_none() {
-            let envelope = by_seq
-                .remove(&row.pos.seq)
-                .ok_or_else(|| ReadError::Vanished {
-                    key: format!("{} (seq {})", Key::Id(row.id), row.pos.seq),
-                    store: "postgres",
-                })?;
-            *slot = Some(Bytes::from(envelope));
-            *fresh = true;
+    let by_seq: HashMap<i64, Bytes> = pg
+        .envelopes_by_seq(&missing)
+        .await?
+        .into_iter()
+        .map(|(seq, envelope)| (seq, Bytes::from(envelope)))
+        .collect();
+    let by_seq = std::sync::Arc::new(by_seq);
+    let work: Vec<(Located, Option<Bytes>)> = rows.iter().cloned().zip(slots).collect();
+    in_parallel(work, move |(row, slot)| {
+        let content_hash = row.content_hash.clone();
+        if let Some(bytes) = slot {
+            return Ok(from_lmdb(&row, bytes));
         }
-    }
-    let owned = rows.to_vec();
-    blocking(move || {
-        for ((row, bytes), fresh) in owned.iter().zip(&slots).zip(&from_pg) {
-            if *fresh {
-                let bytes = bytes.as_ref().expect("filled above");
-                authority(
-                    &Key::Id(row.id),
-                    "postgres",
-                    check(bytes, Some(row.id), &row.content_hash),
-                )?;
-            }
-        }
-        Ok(slots.into_iter().flatten().collect())
+        let key = Key::Id(row.id);
+        let bytes = by_seq
+            .get(&row.seq)
+            .cloned()
+            .ok_or_else(|| ReadError::Vanished {
+                key: format!("{key} (seq {})", row.seq),
+                store: "postgres",
+            })?;
+        authority(&key, "postgres", check(&bytes, Some(row.id), &content_hash))?;
+        Ok(Found {
+            bytes,
+            content_hash,
+            origin: Origin::Postgres,
+        })
     })
-    .await?
+    .await
 }
 
 /// Every one of `bytes` checked as the authority's copy of its row.
@@ -385,6 +395,44 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ReadError::Interrupted(e.to_string()))
+}
+
+/// Items a blocking task checks at least: below that, splitting a page costs more than it saves.
+const CHECKS_PER_TASK: usize = 64;
+
+/// `f` of every item, in order, on the blocking pool, the items split across the cores (a page of
+/// the stream checks hundreds of envelopes; one thread would leave the other cores idle).
+async fn in_parallel<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Clone + Send + 'static,
+) -> Result<Vec<R>, ReadError>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let tasks = (items.len() / CHECKS_PER_TASK).clamp(1, cores);
+    let per_task = items.len().div_ceil(tasks).max(1);
+    let mut items = items.into_iter();
+    let mut running = Vec::with_capacity(tasks);
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(per_task).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let f = f.clone();
+        running.push(tokio::task::spawn_blocking(move || {
+            chunk.into_iter().map(f).collect::<Vec<R>>()
+        }));
+    }
+    let mut out = Vec::new();
+    for task in running {
+        out.extend(
+            task.await
+                .map_err(|e| ReadError::Interrupted(e.to_string()))?,
+        );
+    }
+    Ok(out)
 }
 
 /// The authority's copy failed its check: counted, logged, and an error.

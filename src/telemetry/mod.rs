@@ -61,10 +61,12 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     ];
     let bytes = [1e3, 1e4, 1e5, 5e5, 1e6, 2e6, 4e6, 8e6, 16e6, 32e6];
+    let page_keys = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
         .set_buckets_for_metric(Matcher::Full(names::BATCH_RECORDS.into()), &records)?
         .set_buckets_for_metric(Matcher::Full(names::BATCH_BYTES.into()), &bytes)?
+        .set_buckets_for_metric(Matcher::Full(names::READ_PAGE_KEYS.into()), &page_keys)?
         .install_recorder()?;
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git" => option_env!("NEKHEBET_GIT_HASH").unwrap_or("unknown")).set(1.0);
     let _ = HANDLE.set(handle.clone());

@@ -51,6 +51,9 @@ pub const LMDB_MIRROR_LAG: &str = "nekhebet_lmdb_mirror_lag_events";
 pub const LMDB_FALLBACKS: &str = "nekhebet_hybrid_lmdb_fallbacks_total";
 /// Counter: hybrid reads served from LMDB's blob (after the check against the content hash).
 pub const LMDB_READ_HITS: &str = "nekhebet_lmdb_read_hits_total";
+/// Histogram: keys in each page of single-event reads `serve` answers at once (its count is the
+/// pages, its sum the reads).
+pub const READ_PAGE_KEYS: &str = "nekhebet_serve_read_page_keys";
 /// Counter, label `store` = lmdb|postgres: stored bytes that failed the check against their
 /// content hash when read (never served).
 pub const READ_CHECK_FAILURES: &str = "nekhebet_read_check_failures_total";

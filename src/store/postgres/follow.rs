@@ -75,6 +75,17 @@ pub struct Followed {
     pub bytes: i64,
 }
 
+impl Followed {
+    /// Where the row's event is, as a lookup by key would say.
+    pub fn located(&self) -> super::Located {
+        super::Located {
+            id: self.id,
+            content_hash: self.content_hash.clone(),
+            seq: self.pos.seq,
+        }
+    }
+}
+
 impl CommitPos {
     /// After every row.
     pub const END: CommitPos = CommitPos {

@@ -13,6 +13,8 @@
 //! `(key_id, issued_at, id)` and `(issued_at, id)` (migration 0006) for the other filters and for
 //! no filter at all.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +32,19 @@ pub struct Located {
     pub content_hash: String,
     /// The append layout's LMDB key.
     pub seq: i64,
+}
+
+// `PgStore::by_keys` answers keys with anything that says where its event is.
+impl AsRef<Located> for Located {
+    fn as_ref(&self) -> &Located {
+        self
+    }
+}
+
+impl AsRef<Located> for (Located, Vec<u8>) {
+    fn as_ref(&self) -> &Located {
+        &self.0
+    }
 }
 
 /// A listing's position: the `(issued_at, id)` of a row.
@@ -86,40 +101,75 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 const FIRST_CHUNK_ROWS: usize = 64;
 const MAX_CHUNK_ROWS: usize = 1024;
 
-const LOCATE_BY_ID: &str = "SELECT id, content_hash, seq FROM events WHERE id = $1";
-const LOCATE_BY_HASH: &str = "SELECT id, content_hash, seq FROM events WHERE content_hash = $1";
-const ENVELOPE_BY_ID: &str = "SELECT id, content_hash, seq, envelope FROM events WHERE id = $1";
-const ENVELOPE_BY_HASH: &str =
-    "SELECT id, content_hash, seq, envelope FROM events WHERE content_hash = $1";
+const LOCATE_BY_IDS: &str = "SELECT id, content_hash, seq FROM events WHERE id = ANY($1)";
+const LOCATE_BY_HASHES: &str =
+    "SELECT id, content_hash, seq FROM events WHERE content_hash = ANY($1)";
+const ENVELOPES_BY_IDS: &str =
+    "SELECT id, content_hash, seq, envelope FROM events WHERE id = ANY($1)";
+const ENVELOPES_BY_HASHES: &str =
+    "SELECT id, content_hash, seq, envelope FROM events WHERE content_hash = ANY($1)";
 
 impl PgStore {
-    /// Where the event with this id or content hash is, if PostgreSQL holds it.
-    pub async fn locate(&self, key: &Key) -> Result<Option<Located>, PgError> {
-        let sql = match key {
-            Key::Id(_) => LOCATE_BY_ID,
-            Key::Hash(_) => LOCATE_BY_HASH,
-        };
-        Ok(self.one(sql, key).await?.map(|r| located(&r)))
+    /// Where the events named by `keys` are, an answer a key in their order (`None`: PostgreSQL
+    /// holds no such event): one query for the ids and one for the content hashes among them.
+    pub async fn locate(&self, keys: &[Key]) -> Result<Vec<Option<Located>>, PgError> {
+        self.by_keys(keys, [LOCATE_BY_IDS, LOCATE_BY_HASHES], located)
+            .await
     }
 
-    /// The event and PostgreSQL's copy of its envelope bytes.
-    pub async fn envelope_of(&self, key: &Key) -> Result<Option<(Located, Vec<u8>)>, PgError> {
-        let sql = match key {
-            Key::Id(_) => ENVELOPE_BY_ID,
-            Key::Hash(_) => ENVELOPE_BY_HASH,
-        };
-        Ok(self.one(sql, key).await?.map(|r| (located(&r), r.get(3))))
+    /// [`PgStore::locate`] with PostgreSQL's copy of each envelope.
+    pub async fn envelopes_of(
+        &self,
+        keys: &[Key],
+    ) -> Result<Vec<Option<(Located, Vec<u8>)>>, PgError> {
+        self.by_keys(keys, [ENVELOPES_BY_IDS, ENVELOPES_BY_HASHES], |r| {
+            (located(r), r.get(3))
+        })
+        .await
     }
 
-    /// The row `sql` finds for `key` (its `$1`), with a statement prepared once per connection.
-    async fn one(&self, sql: &str, key: &Key) -> Result<Option<Row>, PgError> {
+    /// The rows `sql` (by ids, by content hashes; `$1` an array) find for `keys`, an answer a key
+    /// (a key asked twice gets the row twice), with statements prepared once per connection.
+    async fn by_keys<T: Clone + AsRef<Located>>(
+        &self,
+        keys: &[Key],
+        sql: [&str; 2],
+        row: fn(&Row) -> T,
+    ) -> Result<Vec<Option<T>>, PgError> {
+        let mut ids = Vec::new();
+        let mut hashes = Vec::new();
+        for key in keys {
+            match key {
+                Key::Id(id) => ids.push(*id),
+                Key::Hash(h) => hashes.push(h.as_str()),
+            }
+        }
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(sql).await?;
-        let row = match key {
-            Key::Id(id) => client.query_opt(&statement, &[id]).await?,
-            Key::Hash(hash) => client.query_opt(&statement, &[hash]).await?,
-        };
-        Ok(row)
+        let mut found = Vec::new();
+        if !ids.is_empty() {
+            let statement = client.prepare_cached(sql[0]).await?;
+            found.extend(client.query(&statement, &[&ids]).await?.iter().map(row));
+        }
+        if !hashes.is_empty() {
+            let statement = client.prepare_cached(sql[1]).await?;
+            found.extend(client.query(&statement, &[&hashes]).await?.iter().map(row));
+        }
+        drop(client);
+        let by_id: HashMap<Uuid, &T> = found.iter().map(|t| (t.as_ref().id, t)).collect();
+        let by_hash: HashMap<&str, &T> = found
+            .iter()
+            .map(|t| (t.as_ref().content_hash.as_str(), t))
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                match key {
+                    Key::Id(id) => by_id.get(id),
+                    Key::Hash(h) => by_hash.get(h.as_str()),
+                }
+                .map(|t| (*t).clone())
+            })
+            .collect())
     }
 
     /// Every (seq, envelope) pair in seq order (the order of the append layout's LMDB keys),
