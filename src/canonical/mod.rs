@@ -26,6 +26,7 @@
 
 mod float;
 mod parse;
+mod scan;
 mod write;
 
 pub use float::{msgspec_float, python_float_repr};

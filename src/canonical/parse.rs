@@ -8,6 +8,8 @@
 
 use std::borrow::Cow;
 
+use super::scan::plain_prefix;
+
 /// Deepest container nesting the parser accepts anywhere in a document.
 ///
 /// msgspec's limit is Python's recursion limit (about 1,000 levels, minus the caller's
@@ -338,6 +340,7 @@ impl<'a> Parser<'a> {
         let start = self.pos;
         // Fast path: no escapes means the wire text is the value.
         loop {
+            self.pos += plain_prefix(&self.bytes[self.pos..]);
             match self.bytes.get(self.pos) {
                 None => return Err(self.truncated()),
                 Some(b'"') => {
@@ -357,6 +360,7 @@ impl<'a> Parser<'a> {
         loop {
             let run = self.pos;
             loop {
+                self.pos += plain_prefix(&self.bytes[self.pos..]);
                 match self.bytes.get(self.pos) {
                     None => return Err(self.truncated()),
                     Some(b'"' | b'\\') => break,

@@ -8,38 +8,37 @@ use std::borrow::Cow;
 
 use super::float::{msgspec_float, python_float_repr};
 use super::parse::Json;
+use super::scan::plain_prefix;
 
 /// Appends `s` as a JSON string the way both CPython's `json.dumps(ensure_ascii=False)`
 /// and msgspec write it: only `"`, `\` and C0 controls are escaped (short forms where
 /// JSON has them, else `\u00xx` in lowercase hex); DEL, U+2028 and the rest stay raw.
 pub fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
+    let mut rest = s.as_bytes();
+    loop {
+        let plain = plain_prefix(rest);
+        out.extend_from_slice(&rest[..plain]);
+        let Some(&b) = rest.get(plain) else {
+            break;
         };
-        out.extend_from_slice(&bytes[run..i]);
-        if esc.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 0xf) as usize]);
-        } else {
-            out.extend_from_slice(esc);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
         }
-        run = i + 1;
+        rest = &rest[plain + 1..];
     }
-    out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
 }
 
