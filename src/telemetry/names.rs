@@ -46,6 +46,8 @@ pub const LMDB_USED: &str = "nekhebet_lmdb_used_bytes";
 /// Gauge: PostgreSQL rows this LMDB does not hold yet (after the LMDB mirror's cursor, counted up to
 /// 10,000,000); exported while the mirror runs (hybrid mode, `lmdb.mirror_rate` > 0).
 pub const LMDB_MIRROR_LAG: &str = "nekhebet_lmdb_mirror_lag_events";
+/// Counter: passes of the LMDB mirror's sweep (every row behind its cursor re-checked) finished.
+pub const LMDB_MIRROR_SWEEPS: &str = "nekhebet_lmdb_mirror_sweeps_total";
 /// Counter: hybrid reads served from PostgreSQL because LMDB lacked the blob or its blob failed the
 /// check against the content hash.
 pub const LMDB_FALLBACKS: &str = "nekhebet_hybrid_lmdb_fallbacks_total";

@@ -58,6 +58,7 @@ use super::lmdb::BlobKey;
 use super::postgres::{CommitPos, Followed};
 use super::{ErrorClass, LmdbStore, PgStore, StoreError};
 use crate::config::LmdbLayout;
+use crate::telemetry::names;
 
 /// Rows of PostgreSQL's commit order read per page (ids and hashes, no envelope bytes).
 pub const PAGE_ROWS: i64 = 1000;
@@ -72,8 +73,11 @@ pub const CHECKS_PER_COPY: u64 = 10;
 const IDLE: Duration = Duration::from_secs(1);
 /// A cursor moved over pages that needed no copy is stored at most this often.
 pub const CURSOR_EVERY: Duration = Duration::from_secs(1);
-/// Between two sweeps of the rows before the cursor.
-pub const SWEEP_PAUSE: Duration = Duration::from_secs(60);
+/// Between two sweeps of the rows before the cursor. A pass re-reads every row PostgreSQL holds
+/// (paced, but a steady load on PostgreSQL for a large store), to find what someone removed by
+/// hand: the pass when the mirror starts finds what was lost while it was not running, and one an
+/// hour bounds how long a loss goes unnoticed in a process that runs for weeks.
+pub const SWEEP_PAUSE: Duration = Duration::from_secs(3600);
 /// The lag is counted up to this many rows (an index walk bounded by it), refreshed at most every
 /// [`LAG_EVERY`] while copying and every idle round otherwise.
 pub const LAG_CAP: i64 = 10_000_000;
@@ -294,6 +298,11 @@ impl Mirror {
         let Some(last) = rows.last().map(|r| r.pos) else {
             state.sweep = None;
             state.next_sweep = Instant::now() + SWEEP_PAUSE;
+            metrics::counter!(names::LMDB_MIRROR_SWEEPS).increment(1);
+            tracing::info!(
+                next_in_s = SWEEP_PAUSE.as_secs(),
+                "LMDB mirror: a sweep of the rows behind the cursor is done"
+            );
             return Ok(Round::Idle);
         };
         let copied = self
