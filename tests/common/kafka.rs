@@ -10,6 +10,7 @@ use nekhebet_store::config::Config;
 use nekhebet_store::dev::produce::{self, ProduceOptions, ProduceReport};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub fn brokers() -> String {
@@ -292,9 +293,28 @@ pub fn committed_offsets(group: &str, topic: &str) -> BTreeMap<i32, i64> {
     for p in end_offsets(topic).keys() {
         tpl.add_partition(topic, *p);
     }
-    let list = c
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .expect("committed");
+    // The group coordinator may be moving or loading its offsets (after a kill, a rebalance):
+    // NotCoordinator and CoordinatorLoadInProgress say "ask again", not "no offsets".
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let list = loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(list) => break list,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::NotCoordinator
+                                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                                | RDKafkaErrorCode::CoordinatorNotAvailable
+                        )
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("committed offsets of group {group}: {e}"),
+        }
+    };
     list.elements()
         .iter()
         .filter_map(|e| match e.offset() {
