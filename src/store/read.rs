@@ -259,33 +259,43 @@ impl HybridStore {
         &self,
         rows: &[Located],
     ) -> Result<Vec<Result<Found, ReadError>>, ReadError> {
-        let keys = rows
-            .iter()
-            .map(|r| BlobKey::of(self.layout(), r.seq, &r.content_hash))
-            .collect();
-        let blobs = self.lmdb().read_blobs(keys).await?;
-        let work: Vec<(Located, Option<Bytes>)> = rows.iter().cloned().zip(blobs).collect();
-        let kept: Vec<Option<Bytes>> = in_parallel(work, |(row, blob)| {
-            let Some(blob) = blob else {
-                tracing::debug!(id = %row.id, seq = row.seq,
-                    "LMDB lacks the blob: serving PostgreSQL's copy");
-                return None;
-            };
-            match check(&blob, Some(row.id), &row.content_hash) {
-                Ok(()) => Some(blob),
-                Err(why) => {
-                    metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb").increment(1);
-                    tracing::warn!(id = %row.id, seq = row.seq, %why,
-                        "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
-                    None
-                }
-            }
+        let (lmdb, layout) = (self.lmdb().clone(), self.layout());
+        // Each task reads its share of the blobs in a read transaction of its own and checks
+        // them: one hop to the blocking pool for both.
+        let kept: Vec<Option<Bytes>> = in_parallel(rows.to_vec(), move |chunk: Vec<Located>| {
+            let keys: Vec<BlobKey> = chunk
+                .iter()
+                .map(|r| BlobKey::of(layout, r.seq, &r.content_hash))
+                .collect();
+            let blobs = lmdb.read_blobs_here(&keys)?;
+            Ok(chunk
+                .iter()
+                .zip(blobs)
+                .map(|(row, blob)| lmdb_copy(row, blob))
+                .collect())
         })
         .await?;
         let misses = kept.iter().filter(|b| b.is_none()).count() as u64;
         metrics::counter!(names::LMDB_READ_HITS).increment(rows.len() as u64 - misses);
         metrics::counter!(names::LMDB_FALLBACKS).increment(misses);
         fill_from_postgres(self.pg(), rows, kept).await
+    }
+}
+
+/// LMDB's blob of `row` when it has one that passes its check (a failure is counted and logged).
+fn lmdb_copy(row: &Located, blob: Option<Bytes>) -> Option<Bytes> {
+    let Some(blob) = blob else {
+        tracing::debug!(id = %row.id, seq = row.seq, "LMDB lacks the blob: serving PostgreSQL's copy");
+        return None;
+    };
+    match check(&blob, Some(row.id), &row.content_hash) {
+        Ok(()) => Some(blob),
+        Err(why) => {
+            metrics::counter!(names::READ_CHECK_FAILURES, "store" => "lmdb").increment(1);
+            tracing::warn!(id = %row.id, seq = row.seq, %why,
+                "LMDB's blob fails its check: not served, serving PostgreSQL's copy (reconcile --repair replaces it)");
+            None
+        }
     }
 }
 
@@ -344,25 +354,30 @@ async fn fill_from_postgres(
         .collect();
     let by_seq = std::sync::Arc::new(by_seq);
     let work: Vec<(Located, Option<Bytes>)> = rows.iter().cloned().zip(slots).collect();
-    in_parallel(work, move |(row, slot)| {
-        let content_hash = row.content_hash.clone();
-        if let Some(bytes) = slot {
-            return Ok(from_lmdb(&row, bytes));
-        }
-        let key = Key::Id(row.id);
-        let bytes = by_seq
-            .get(&row.seq)
-            .cloned()
-            .ok_or_else(|| ReadError::Vanished {
-                key: format!("{key} (seq {})", row.seq),
-                store: "postgres",
-            })?;
-        authority(&key, "postgres", check(&bytes, Some(row.id), &content_hash))?;
-        Ok(Found {
-            bytes,
-            content_hash,
-            origin: Origin::Postgres,
-        })
+    in_parallel(work, move |chunk: Vec<(Located, Option<Bytes>)>| {
+        Ok(chunk
+            .into_iter()
+            .map(|(row, slot)| {
+                let content_hash = row.content_hash.clone();
+                if let Some(bytes) = slot {
+                    return Ok(from_lmdb(&row, bytes));
+                }
+                let key = Key::Id(row.id);
+                let bytes = by_seq
+                    .get(&row.seq)
+                    .cloned()
+                    .ok_or_else(|| ReadError::Vanished {
+                        key: format!("{key} (seq {})", row.seq),
+                        store: "postgres",
+                    })?;
+                authority(&key, "postgres", check(&bytes, Some(row.id), &content_hash))?;
+                Ok(Found {
+                    bytes,
+                    content_hash,
+                    origin: Origin::Postgres,
+                })
+            })
+            .collect())
     })
     .await
 }
@@ -400,11 +415,12 @@ async fn blocking<T: Send + 'static>(
 /// Items a blocking task checks at least: below that, splitting a page costs more than it saves.
 const CHECKS_PER_TASK: usize = 64;
 
-/// `f` of every item, in order, on the blocking pool, the items split across the cores (a page of
-/// the stream checks hundreds of envelopes; one thread would leave the other cores idle).
+/// `f` over the items, in order, on the blocking pool, the items split into chunks across the
+/// cores (a page of the stream checks hundreds of envelopes; one thread would leave the other cores
+/// idle); `f` answers its chunk item by item, in order.
 async fn in_parallel<T, R>(
     items: Vec<T>,
-    f: impl Fn(T) -> R + Clone + Send + 'static,
+    f: impl Fn(Vec<T>) -> Result<Vec<R>, ReadError> + Clone + Send + 'static,
 ) -> Result<Vec<R>, ReadError>
 where
     T: Send + 'static,
@@ -421,15 +437,13 @@ where
             break;
         }
         let f = f.clone();
-        running.push(tokio::task::spawn_blocking(move || {
-            chunk.into_iter().map(f).collect::<Vec<R>>()
-        }));
+        running.push(tokio::task::spawn_blocking(move || f(chunk)));
     }
     let mut out = Vec::new();
     for task in running {
         out.extend(
             task.await
-                .map_err(|e| ReadError::Interrupted(e.to_string()))?,
+                .map_err(|e| ReadError::Interrupted(e.to_string()))??,
         );
     }
     Ok(out)

@@ -80,7 +80,17 @@ impl LmdbStore {
         &self,
         keys: Vec<BlobKey>,
     ) -> Result<Vec<Option<bytes::Bytes>>, StoreError> {
-        self.read_blocking(move |dbs, rtxn| {
+        let this = self.clone();
+        run_blocking(move || this.read_blobs_here(&keys)).await?
+    }
+
+    /// [`LmdbStore::read_blobs`] on the calling thread, for code already on the blocking pool
+    /// (the read path reads and checks a page in one task).
+    pub fn read_blobs_here(
+        &self,
+        keys: &[BlobKey],
+    ) -> Result<Vec<Option<bytes::Bytes>>, StoreError> {
+        self.read(|dbs, rtxn| {
             keys.iter()
                 .map(|key| {
                     let blob = match key {
@@ -91,7 +101,7 @@ impl LmdbStore {
                 })
                 .collect()
         })
-        .await
+        .map_err(StoreError::Lmdb)
     }
 
     /// LMDB-only mode: the content hash of event `id` (the `ids` index).
