@@ -3,14 +3,14 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-
-// The worker's allocator, so that the bench's measured costs are the worker's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nekhebet_store::dev::{ceiling, limit, produce};
+
+// The worker's allocator, so that the bench's measured costs are the worker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -10,7 +10,7 @@ use axum::routing::{get, MethodRouter};
 
 use super::error::{clip, ApiError};
 use super::AppState;
-use crate::store::read::{Key, Origin, ReadError};
+use crate::store::read::{Key, ReadError};
 
 /// Which copy a response carries (`lmdb` or `postgres`): for operators and tests.
 pub const SERVED_FROM: &str = "nekhebet-served-from";
@@ -55,10 +55,6 @@ async fn one(state: &AppState, key: Key, headers: &HeaderMap) -> Result<Response
         }
     }
     let found = present(state.gather.read(key.clone()).await, &key)?;
-    let origin = match found.origin {
-        Origin::Lmdb => "lmdb",
-        Origin::Postgres => "postgres",
-    };
     Ok((
         cache_headers(&found.content_hash),
         [
@@ -68,7 +64,7 @@ async fn one(state: &AppState, key: Key, headers: &HeaderMap) -> Result<Response
             ),
             (
                 header::HeaderName::from_static(SERVED_FROM),
-                HeaderValue::from_static(origin),
+                HeaderValue::from_static(found.origin.name()),
             ),
         ],
         found.bytes,

@@ -17,8 +17,9 @@
 //! **Memory.** The connection pulls the body: a page of at most [`PAGE`] events (and about 1 MiB:
 //! the page shrinks for large envelopes) is read, checked and framed while the previous one is
 //! written (and the rows of the one after it located meanwhile), and nothing further until that
-//! one was handed over, so a slow client holds two pages, a client that stops reading is cut by `serve.write_timeout_ms`, and no PostgreSQL
-//! connection is held between pages. At most `serve.max_concurrent_streams` are open; more get 503 `busy`.
+//! one was handed over, so a slow client holds two pages, a client that stops reading is cut by
+//! `serve.write_timeout_ms`, and no PostgreSQL connection is held between pages. At most
+//! `serve.max_concurrent_streams` are open; more get 503 `busy`.
 //!
 //! **Live.** One task per server reads the commit horizon every `serve.stream_poll_ms` while a
 //! stream is open and wakes the streams when it moved (a write transaction finished); a woken

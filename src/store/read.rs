@@ -78,6 +78,16 @@ pub enum Origin {
     Postgres,
 }
 
+impl Origin {
+    /// The store's name in metrics, logs and the `nekhebet-served-from` header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Lmdb => "lmdb",
+            Origin::Postgres => "postgres",
+        }
+    }
+}
+
 /// An event's envelope bytes, checked.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -174,17 +184,10 @@ impl Store {
                     keys.iter()
                         .zip(rows)
                         .map(|(key, row)| {
-                            let Some((at, envelope)) = row else {
-                                return Ok(None);
-                            };
-                            let bytes = Bytes::from(envelope);
-                            let verdict = check(&bytes, Some(at.id), &at.content_hash);
-                            authority(key, "postgres", verdict)?;
-                            Ok(Some(Found {
-                                bytes,
-                                content_hash: at.content_hash,
-                                origin: Origin::Postgres,
-                            }))
+                            row.map(|(at, envelope)| {
+                                authority_copy(key, &at, Bytes::from(envelope), Origin::Postgres)
+                            })
+                            .transpose()
                         })
                         .collect()
                 })
@@ -231,21 +234,18 @@ impl Store {
         let found = match self {
             Store::Postgres(pg) => fill_from_postgres(pg, &located, vec![None; rows.len()]).await?,
             Store::Hybrid(h) => h.read_located(&located).await?,
-            Store::Lmdb(lmdb) => {
-                let keys = rows
-                    .iter()
-                    .map(|r| BlobKey::Hash(r.content_hash.clone()))
-                    .collect();
-                let blobs = lmdb.read_blobs(keys).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for (row, blob) in rows.iter().zip(blobs) {
-                    out.push(blob.ok_or_else(|| ReadError::Vanished {
-                        key: Key::Id(row.id).to_string(),
-                        store: "lmdb",
-                    })?);
-                }
-                return check_all(rows, out, "lmdb").await;
-            }
+            Store::Lmdb(lmdb) => with_blobs(lmdb, located, |row, blob| {
+                let key = Key::Id(row.id);
+                let bytes = blob.ok_or_else(|| ReadError::Vanished {
+                    key: key.to_string(),
+                    store: Origin::Lmdb.name(),
+                })?;
+                authority_copy(&key, row, bytes, Origin::Lmdb)
+            })
+            .await?
+            .into_iter()
+            .map(Ok)
+            .collect(),
         };
         found.into_iter().map(|f| f.map(|f| f.bytes)).collect()
     }
@@ -259,20 +259,8 @@ impl HybridStore {
         &self,
         rows: &[Located],
     ) -> Result<Vec<Result<Found, ReadError>>, ReadError> {
-        let (lmdb, layout) = (self.lmdb().clone(), self.layout());
-        // Each task reads its share of the blobs in a read transaction of its own and checks
-        // them: one hop to the blocking pool for both.
-        let kept: Vec<Option<Bytes>> = in_parallel(rows.to_vec(), move |chunk: Vec<Located>| {
-            let keys: Vec<BlobKey> = chunk
-                .iter()
-                .map(|r| BlobKey::of(layout, r.seq, &r.content_hash))
-                .collect();
-            let blobs = lmdb.read_blobs_here(&keys)?;
-            Ok(chunk
-                .iter()
-                .zip(blobs)
-                .map(|(row, blob)| lmdb_copy(row, blob))
-                .collect())
+        let kept = with_blobs(self.lmdb(), rows.to_vec(), |row, blob| {
+            Ok(lmdb_copy(row, blob))
         })
         .await?;
         let misses = kept.iter().filter(|b| b.is_none()).count() as u64;
@@ -280,6 +268,30 @@ impl HybridStore {
         metrics::counter!(names::LMDB_FALLBACKS).increment(misses);
         fill_from_postgres(self.pg(), rows, kept).await
     }
+}
+
+/// `per_row` of each row and LMDB's blob for it (if any), on the blocking pool: the rows split
+/// across the cores ([`in_parallel`]), each share read in a read transaction of its own and handed
+/// to `per_row` in the same task — one hop to the blocking pool for the reads and the checks.
+async fn with_blobs<R: Send + 'static>(
+    lmdb: &LmdbStore,
+    rows: Vec<Located>,
+    per_row: fn(&Located, Option<Bytes>) -> Result<R, ReadError>,
+) -> Result<Vec<R>, ReadError> {
+    let lmdb = lmdb.clone();
+    in_parallel(rows, move |share: Vec<Located>| {
+        let keys: Vec<BlobKey> = share
+            .iter()
+            .map(|r| BlobKey::of(lmdb.layout(), r.seq, &r.content_hash))
+            .collect();
+        let blobs = lmdb.read_blobs(&keys)?;
+        share
+            .iter()
+            .zip(blobs)
+            .map(|(row, blob)| per_row(row, blob))
+            .collect()
+    })
+    .await
 }
 
 /// LMDB's blob of `row` when it has one that passes its check (a failure is counted and logged).
@@ -358,7 +370,6 @@ async fn fill_from_postgres(
         Ok(chunk
             .into_iter()
             .map(|(row, slot)| {
-                let content_hash = row.content_hash.clone();
                 if let Some(bytes) = slot {
                     return Ok(from_lmdb(&row, bytes));
                 }
@@ -368,38 +379,33 @@ async fn fill_from_postgres(
                     .cloned()
                     .ok_or_else(|| ReadError::Vanished {
                         key: format!("{key} (seq {})", row.seq),
-                        store: "postgres",
+                        store: Origin::Postgres.name(),
                     })?;
-                authority(&key, "postgres", check(&bytes, Some(row.id), &content_hash))?;
-                Ok(Found {
-                    bytes,
-                    content_hash,
-                    origin: Origin::Postgres,
-                })
+                authority_copy(&key, &row, bytes, Origin::Postgres)
             })
             .collect())
     })
     .await
 }
 
-/// Every one of `bytes` checked as the authority's copy of its row.
-async fn check_all(
-    rows: &[Followed],
-    bytes: Vec<Bytes>,
-    store: &'static str,
-) -> Result<Vec<Bytes>, ReadError> {
-    let owned = rows.to_vec();
-    blocking(move || {
-        for (row, b) in owned.iter().zip(&bytes) {
-            authority(
-                &Key::Id(row.id),
-                store,
-                check(b, Some(row.id), &row.content_hash),
-            )?;
-        }
-        Ok(bytes)
+/// The authority's copy of `row`'s event, read from `origin`, checked: a copy that fails its
+/// check is an error naming `key` (counted and logged by [`authority`]).
+fn authority_copy(
+    key: &Key,
+    row: &Located,
+    bytes: Bytes,
+    origin: Origin,
+) -> Result<Found, ReadError> {
+    authority(
+        key,
+        origin.name(),
+        check(&bytes, Some(row.id), &row.content_hash),
+    )?;
+    Ok(Found {
+        bytes,
+        content_hash: row.content_hash.clone(),
+        origin,
     })
-    .await?
 }
 
 /// Checks of a page run on the blocking pool: canonicalizing hundreds of envelopes would stall
@@ -426,7 +432,9 @@ where
     T: Send + 'static,
     R: Send + 'static,
 {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Asked once: on Linux the answer reads the cgroup's files, too dear for every page.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
     let tasks = (items.len() / CHECKS_PER_TASK).clamp(1, cores);
     let per_task = items.len().div_ceil(tasks).max(1);
     let mut items = items.into_iter();

@@ -74,22 +74,9 @@ impl LmdbStore {
         .await
     }
 
-    /// The blobs kept under `keys`, in their order, in one read transaction (the stream reads a
-    /// page of events at once).
-    pub async fn read_blobs(
-        &self,
-        keys: Vec<BlobKey>,
-    ) -> Result<Vec<Option<bytes::Bytes>>, StoreError> {
-        let this = self.clone();
-        run_blocking(move || this.read_blobs_here(&keys)).await?
-    }
-
-    /// [`LmdbStore::read_blobs`] on the calling thread, for code already on the blocking pool
-    /// (the read path reads and checks a page in one task).
-    pub fn read_blobs_here(
-        &self,
-        keys: &[BlobKey],
-    ) -> Result<Vec<Option<bytes::Bytes>>, StoreError> {
+    /// The blobs kept under `keys`, in their order, in one read transaction, on the calling
+    /// thread: for code on the blocking pool (the read path reads and checks a page in one task).
+    pub fn read_blobs(&self, keys: &[BlobKey]) -> Result<Vec<Option<bytes::Bytes>>, StoreError> {
         self.read(|dbs, rtxn| {
             keys.iter()
                 .map(|key| {
