@@ -4,6 +4,7 @@
 //! `ingest`, `dlq`, `telemetry`) own their errors and say which ones are retriable.
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod batch;
 pub mod canonical;
 pub mod cli;

@@ -5,5 +5,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    nekhebet_store::alloc::configure();
     nekhebet_store::cli::main()
 }

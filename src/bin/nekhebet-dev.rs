@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    nekhebet_store::alloc::configure();
     let cli = Cli::parse();
     nekhebet_store::cli::run_program("nekhebet-dev", cli.config.as_deref(), |config| async move {
         match cli.command {
