@@ -26,7 +26,8 @@ pub fn configure() {
 }
 
 /// The purge delay in effect, in milliseconds (-1: never purge).
-pub fn purge_delay_ms() -> i64 {
+#[cfg(test)]
+fn purge_delay_ms() -> i64 {
     // SAFETY: reading an option by its number has no preconditions; mimalloc initialises its
     // options on first use.
     #[allow(unsafe_code)]
@@ -50,8 +51,8 @@ mod tests {
     use super::*;
 
     /// The option number is mimalloc's purge delay: its default (1000 ms in mimalloc 3's
-    /// options.c) until set, and what `configure` sets afterwards. (The unit tests run under the system allocator, but the
-    /// options live in the linked mimalloc all the same.)
+    /// options.c) until set, and what `configure` sets afterwards. (The unit tests run under the
+    /// system allocator, but the options live in the linked mimalloc all the same.)
     #[test]
     fn configure_purges_freed_memory_at_once_unless_the_operator_chose() {
         if std::env::var_os(PURGE_DELAY_VAR).is_some() {

@@ -164,6 +164,9 @@ async fn checked(bytes: &Bytes, id: Option<Uuid>, content_hash: &str) -> Result<
 /// why that one could not be answered.
 pub type Answer = Result<Option<Found>, ReadError>;
 
+/// A key of a PostgreSQL-only page and its row with the envelope bytes, if PostgreSQL holds it.
+type KeyedRow = (Key, Option<(Located, Vec<u8>)>);
+
 impl Store {
     /// The checked envelope bytes of an event (see the module docs): [`Store::read_page`] of one.
     pub async fn read(&self, key: &Key) -> Answer {
@@ -179,17 +182,17 @@ impl Store {
         match self {
             Store::Postgres(pg) => {
                 let rows = pg.envelopes_of(keys).await?;
-                let keys = keys.to_vec();
-                blocking(move || {
-                    keys.iter()
-                        .zip(rows)
+                let work: Vec<KeyedRow> = keys.iter().cloned().zip(rows).collect();
+                in_parallel(work, |chunk: Vec<KeyedRow>| {
+                    Ok(chunk
+                        .into_iter()
                         .map(|(key, row)| {
                             row.map(|(at, envelope)| {
-                                authority_copy(key, &at, Bytes::from(envelope), Origin::Postgres)
+                                authority_copy(&key, &at, Bytes::from(envelope), Origin::Postgres)
                             })
                             .transpose()
                         })
-                        .collect()
+                        .collect())
                 })
                 .await
             }
@@ -406,16 +409,6 @@ fn authority_copy(
         content_hash: row.content_hash.clone(),
         origin,
     })
-}
-
-/// Checks of a page run on the blocking pool: canonicalizing hundreds of envelopes would stall
-/// the async runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ReadError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ReadError::Interrupted(e.to_string()))
 }
 
 /// Items a blocking task checks at least: below that, splitting a page costs more than it saves.
